@@ -1,0 +1,21 @@
+//! `nodenet`: the one place where cni-bridge and svc-proxy talk to the kernel.
+//!
+//! Layout:
+//! - [`netns`]: entering network namespaces (the only module that calls `setns`).
+//! - [`link`]: links, addresses and routes over rtnetlink (`ip link`/`ip addr`/`ip route`).
+//! - [`sysctl`]: per-namespace `/proc/sys` knobs.
+//! - [`iptables`]: the few static rules, ensured by exec'ing `iptables -w` (never per entry).
+//! - [`ipset`]: the ipset nfnetlink family, encoded here (`ipset create/add/del/list`).
+//! - [`ipvs`]: the IPVS generic-netlink family, encoded here (`ipvsadm -A/-a/-D/-d/-L`).
+//! - [`nl`]: the small synchronous netlink request/ack/dump layer `ipset` and `ipvs` share.
+
+pub mod iptables;
+pub mod ipset;
+pub mod ipvs;
+pub mod link;
+pub mod netns;
+pub mod nl;
+pub mod protocol;
+pub mod sysctl;
+
+pub use protocol::Protocol;
