@@ -9,8 +9,8 @@
 //! - [`ipvs`]: the IPVS generic-netlink family, encoded here (`ipvsadm -A/-a/-D/-d/-L`).
 //! - [`nl`]: the small synchronous netlink request/ack/dump layer `ipset` and `ipvs` share.
 
-pub mod iptables;
 pub mod ipset;
+pub mod iptables;
 pub mod ipvs;
 pub mod link;
 pub mod netns;

@@ -52,7 +52,9 @@ impl std::str::FromStr for Protocol {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
             "sctp" => Ok(Protocol::Sctp),
-            other => Err(format!("unknown protocol {other:?} (expected TCP, UDP or SCTP)")),
+            other => Err(format!(
+                "unknown protocol {other:?} (expected TCP, UDP or SCTP)"
+            )),
         }
     }
 }

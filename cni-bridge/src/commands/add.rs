@@ -1,0 +1,493 @@
+//! ADD: bridge, veth pair, addresses, routes, gateway, hairpin/promisc, masquerade.
+//!
+//! Order: validate against the kernel without changing it (interface free in the pod, bridge
+//! name not taken by another kind) → record (`adding`, naming the veth to be created) → IPAM →
+//! record with the addresses → kernel objects → masquerade → record `ready`. Any failure after
+//! the first record write rolls back everything the record names.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use nodenet::link::{BridgePort, BridgeSpec, Link, Route, Rtnl, VethSpec};
+use nodenet::netns::NetNs;
+use nodenet::sysctl;
+use serde_json::Value;
+
+use super::{block_on, release, Teardown};
+use crate::config::{parse_mac_arg, parse_requested_ip, IpamConf, NetConf};
+use crate::env::Env;
+use crate::error::{code, CniError, Result};
+use crate::ipam::{self, IpamResult, Owner};
+use crate::record::{Attachment, Phase, RECORD_VERSION};
+use crate::result::{CniResult, Interface, IpConfig, RouteConf};
+use crate::{masq, names};
+
+const EEXIST: i32 = 17;
+/// Veth names tried after a hash collision with another attachment's veth.
+const VETH_ATTEMPTS: u32 = 4;
+
+pub fn exec(env: &Env, conf: &NetConf) -> Result<Value> {
+    let ns_path = env
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for ADD"))?;
+    let netns = NetNs::from_path(ns_path)?;
+    block_on(run(env, conf, &netns))?
+}
+
+async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
+    let host = Rtnl::new()?;
+    let pod = Rtnl::in_netns(netns)?;
+    let (existing, bridge) = futures::join!(
+        pod.link_by_name(&env.ifname),
+        host.link_by_name(&conf.bridge)
+    );
+    if existing?.is_some() {
+        return Err(CniError::new(
+            code::IFNAME_EXISTS,
+            format!(
+                "interface {:?} already exists in {}",
+                env.ifname,
+                netns.path().display()
+            ),
+        ));
+    }
+    let bridge = bridge?;
+    if let Some(b) = &bridge {
+        if b.kind.as_deref() != Some("bridge") {
+            return Err(CniError::new(
+                code::NOT_A_BRIDGE,
+                format!(
+                    "link {:?} exists but is a {}, not a bridge",
+                    conf.bridge,
+                    b.kind.as_deref().unwrap_or("device without a kind")
+                ),
+            ));
+        }
+    }
+    let requested = requested_ips(env, conf)?;
+    let pod_mac = match conf.mac {
+        Some(m) => Some(m),
+        None => env.arg("MAC").map(parse_mac_arg).transpose()?,
+    };
+
+    // A record left for this attachment belongs to an ADD that died or a container whose
+    // namespace was replaced without a DEL: release what it names first.
+    if let Some(stale) = Attachment::load(&conf.state_dir, &conf.name, &env.container_id, &env.ifname) {
+        log::info!("ADD: releasing stale attachment record of {}/{}", env.container_id, env.ifname);
+        release(
+            conf,
+            env,
+            &host,
+            Teardown {
+                container_id: &env.container_id,
+                ifname: &env.ifname,
+                record: Some(stale),
+                netns: None,
+            },
+        )
+        .await?;
+    }
+
+    let mut record = Attachment {
+        version: RECORD_VERSION,
+        network: conf.name.clone(),
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: netns.path().display().to_string(),
+        phase: Phase::Adding,
+        bridge: conf.bridge.clone(),
+        host_veth: names::host_veth(&conf.name, &env.container_id, &env.ifname, 0),
+        ips: Vec::new(),
+        gateways: Vec::new(),
+        pod_namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
+        pod_name: env.arg("K8S_POD_NAME").map(str::to_string),
+        labels: conf.labels.clone(),
+        masq_set: conf.ip_masq.then(|| names::masq_set(&conf.name, false)),
+        ipam: conf.ipam.type_name().to_string(),
+    };
+    record.save(&conf.state_dir)?;
+
+    let plan = Plan {
+        env,
+        conf,
+        netns,
+        host: &host,
+        pod: &pod,
+        requested: &requested,
+        pod_mac,
+    };
+    let outcome = match plan.apply(bridge, &mut record).await {
+        Ok(result) => {
+            record.phase = Phase::Ready;
+            record.save(&conf.state_dir).map(|()| result)
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(result) => Ok(result.to_value(conf.version)),
+        Err(e) => {
+            log::warn!("ADD {}/{} failed, rolling back: {e}", env.container_id, env.ifname);
+            if let Err(re) = release(
+                conf,
+                env,
+                &host,
+                Teardown {
+                    container_id: &env.container_id,
+                    ifname: &env.ifname,
+                    record: Some(record),
+                    netns: None,
+                },
+            )
+            .await
+            {
+                log::warn!("rollback incomplete: {re}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Requested addresses for the built-in IPAM: config (`args.cni.ips`, `runtimeConfig.ips`)
+/// and `CNI_ARGS IP=a,b`.
+fn requested_ips(env: &Env, conf: &NetConf) -> Result<Vec<IpAddr>> {
+    let mut out = conf.requested_ips.clone();
+    if let Some(list) = env.arg("IP") {
+        for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            out.push(parse_requested_ip(s)?);
+        }
+    }
+    if !out.is_empty() && !matches!(conf.ipam, IpamConf::Builtin(_)) {
+        log::info!("requested IPs are left to the delegated IPAM plugin");
+    }
+    Ok(out)
+}
+
+/// The first host address of a network (the reference plugin's default gateway).
+fn first_host(net: &IpNetwork) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + 1).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + 1).into()),
+    }
+}
+
+fn unspecified(v6: bool) -> IpNetwork {
+    if v6 {
+        "::/0".parse().expect("valid")
+    } else {
+        "0.0.0.0/0".parse().expect("valid")
+    }
+}
+
+struct Plan<'a> {
+    env: &'a Env,
+    conf: &'a NetConf,
+    netns: &'a NetNs,
+    host: &'a Rtnl,
+    pod: &'a Rtnl,
+    requested: &'a [IpAddr],
+    pod_mac: Option<[u8; 6]>,
+}
+
+impl Plan<'_> {
+    async fn apply(&self, bridge: Option<Link>, record: &mut Attachment) -> Result<CniResult> {
+        let conf = self.conf;
+        let owner = Owner {
+            container_id: &self.env.container_id,
+            ifname: &self.env.ifname,
+        };
+        let mut ipam_res = match ipam::for_config(conf, self.env) {
+            Some(i) => i.add(owner, self.requested)?,
+            None => IpamResult::default(),
+        };
+        for ip in &mut ipam_res.ips {
+            ip.interface = Some(2);
+            if ip.gateway.is_none() && conf.is_gateway {
+                ip.gateway = Some(first_host(&ip.address));
+            }
+        }
+        record.ips = ipam_res.ips.iter().map(|i| i.address.to_string()).collect();
+        record.gateways = ipam_res
+            .ips
+            .iter()
+            .filter_map(|i| i.gateway)
+            .map(|g| g.to_string())
+            .collect();
+        record.save(&conf.state_dir)?;
+
+        let routes = self.routes(&ipam_res)?;
+        let br = self.bridge(bridge).await?;
+        let [host_mac, random_pod_mac] = names::random_macs::<2>()
+            .map_err(|e| CniError::new(code::KERNEL, format!("reading /dev/urandom: {e}")))?;
+        let pod_mac = self.pod_mac.unwrap_or(random_pod_mac);
+        self.create_veth(&br, host_mac, pod_mac, record).await?;
+        let (hv, pv) = futures::join!(
+            self.host.require_link(&record.host_veth),
+            self.pod.require_link(&self.env.ifname)
+        );
+        let (hv, pv) = (hv?, pv?);
+        if conf.hairpin || conf.port_isolation {
+            self.host
+                .set_bridge_port(
+                    hv.index,
+                    BridgePort {
+                        hairpin: conf.hairpin,
+                        isolated: conf.port_isolation,
+                    },
+                )
+                .await?;
+        }
+        // As the reference plugin: we own the routes of the host end, not router adverts.
+        let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", record.host_veth), "0");
+
+        if conf.is_gateway {
+            self.gateways(&br, &ipam_res.ips).await?;
+        }
+        self.pod_side(&pv, &ipam_res.ips, &routes).await?;
+
+        let ips: Vec<IpAddr> = ipam_res.ips.iter().map(|i| i.address.ip()).collect();
+        if conf.ip_masq && !ips.is_empty() {
+            let subnets = match &conf.ipam {
+                IpamConf::Builtin(cfg) => cfg.subnets(),
+                _ => ipam_res
+                    .ips
+                    .iter()
+                    .filter_map(|i| IpNetwork::new(i.address.network(), i.address.prefix()).ok())
+                    .collect(),
+            };
+            masq::add(&conf.name, &ips, &subnets)?;
+        }
+
+        let dns = if conf.dns.is_empty() {
+            ipam_res.dns
+        } else {
+            conf.dns.clone()
+        };
+        Ok(CniResult {
+            interfaces: vec![
+                Interface {
+                    name: br.name.clone(),
+                    mac: br.mac_string(),
+                    sandbox: None,
+                },
+                Interface {
+                    name: record.host_veth.clone(),
+                    mac: nodenet::link::format_mac(&host_mac),
+                    sandbox: None,
+                },
+                Interface {
+                    name: self.env.ifname.clone(),
+                    mac: nodenet::link::format_mac(&pod_mac),
+                    sandbox: Some(self.netns.path().display().to_string()),
+                },
+            ],
+            ips: ipam_res.ips,
+            routes,
+            dns,
+        })
+    }
+
+    /// IPAM's routes plus, with `isDefaultGateway`, a default route per address family via
+    /// that family's gateway.
+    fn routes(&self, res: &IpamResult) -> Result<Vec<RouteConf>> {
+        let mut routes = res.routes.clone();
+        if !self.conf.is_default_gateway {
+            return Ok(routes);
+        }
+        let mut done_families = Vec::new();
+        for ip in &res.ips {
+            let v6 = ip.address.is_ipv6();
+            if done_families.contains(&v6) {
+                continue;
+            }
+            done_families.push(v6);
+            let dst = unspecified(v6);
+            if let Some(existing) = routes.iter().find(|r| r.dst == dst) {
+                match existing.gw {
+                    Some(gw) if Some(gw) != ip.gateway => {
+                        return Err(CniError::new(
+                            code::INVALID_CONFIG,
+                            format!("isDefaultGateway ineffective because IPAM sets default route via {gw}"),
+                        ))
+                    }
+                    _ => {
+                        routes.retain(|r| r.dst != dst);
+                    }
+                }
+            }
+            routes.push(RouteConf {
+                dst,
+                gw: ip.gateway,
+            });
+        }
+        Ok(routes)
+    }
+
+    /// Gets or creates the bridge and applies `promiscMode` and a raised `mtu`.
+    async fn bridge(&self, found: Option<Link>) -> Result<Link> {
+        let conf = self.conf;
+        let mut br = match found {
+            Some(b) => b,
+            None => {
+                let [mac] = names::random_macs::<1>().map_err(|e| {
+                    CniError::new(code::KERNEL, format!("reading /dev/urandom: {e}"))
+                })?;
+                let (link, created) = self
+                    .host
+                    .ensure_bridge(&BridgeSpec {
+                        name: conf.bridge.clone(),
+                        mtu: conf.mtu,
+                        mac: Some(mac),
+                    })
+                    .await?;
+                if created {
+                    // As the reference plugin: the bridge's routes are ours, not from adverts.
+                    let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
+                }
+                link
+            }
+        };
+        if conf.promisc && !br.promisc {
+            self.host.set_promisc(br.index, true).await?;
+            br.promisc = true;
+        }
+        // A bridge created with a smaller MTU is raised (the reference plugin cannot, cni#356).
+        if conf.mtu != 0 && br.mtu < conf.mtu {
+            self.host.set_mtu(br.index, conf.mtu).await?;
+            br.mtu = conf.mtu;
+        }
+        Ok(br)
+    }
+
+    /// Creates the veth pair; on a name collision with another attachment's veth, moves to
+    /// the next derived name (recorded before it is created).
+    async fn create_veth(
+        &self,
+        br: &Link,
+        host_mac: [u8; 6],
+        pod_mac: [u8; 6],
+        record: &mut Attachment,
+    ) -> Result<()> {
+        for attempt in 0..VETH_ATTEMPTS {
+            let name = names::host_veth(&self.conf.name, &self.env.container_id, &self.env.ifname, attempt);
+            if record.host_veth != name {
+                record.host_veth = name.clone();
+                record.save(&self.conf.state_dir)?;
+            }
+            let spec = VethSpec {
+                name: name.clone(),
+                mac: Some(host_mac),
+                mtu: self.conf.mtu,
+                master: Some(br.index),
+                peer_name: self.env.ifname.clone(),
+                peer_mac: Some(pod_mac),
+                peer_netns: self.netns,
+            };
+            let err = match self.host.create_veth(&spec).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.errno() == Some(EEXIST) => e,
+                Err(e) => return Err(e.into()),
+            };
+            if self.host.link_by_name(&name).await?.is_none() {
+                // The pod end's name is what exists: a racing ADD for the same interface.
+                record.host_veth.clear();
+                return Err(CniError::new(
+                    code::IFNAME_EXISTS,
+                    format!("interface {:?} already exists in the container namespace ({err})", self.env.ifname),
+                ));
+            }
+            let owned_elsewhere = crate::record::Attachment::list(&self.conf.state_dir, &self.conf.name)?
+                .iter()
+                .any(|a| a.host_veth == name && (a.container_id != self.env.container_id || a.ifname != self.env.ifname));
+            if owned_elsewhere {
+                continue;
+            }
+            // An orphan under our own derived name (its record was lost): replace it.
+            self.host.delete_link_by_name(&name).await?;
+            if let Err(e) = self.host.create_veth(&spec).await {
+                return Err(e.into());
+            }
+            return Ok(());
+        }
+        // Never delete a veth we did not create.
+        record.host_veth.clear();
+        record.save(&self.conf.state_dir)?;
+        Err(CniError::new(
+            code::KERNEL,
+            format!("no free host veth name after {VETH_ATTEMPTS} attempts"),
+        ))
+    }
+
+    /// Puts each family's gateway on the bridge (as the reference plugin's `ensureAddr`) and
+    /// turns on forwarding.
+    async fn gateways(&self, br: &Link, ips: &[IpConfig]) -> Result<()> {
+        let gws: Vec<IpNetwork> = ips
+            .iter()
+            .filter_map(|i| IpNetwork::new(i.gateway?, i.address.prefix()).ok())
+            .collect();
+        for v6 in [false, true] {
+            let mine: Vec<&IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let existing = self.host.addresses_of_family(br.index, v6).await?;
+            for gw in &mine {
+                if existing.contains(gw) {
+                    continue;
+                }
+                for a in &existing {
+                    if mine.contains(&a) {
+                        continue;
+                    }
+                    let conflicts = !v6 || a.contains(gw.ip()) || gw.contains(a.ip());
+                    if !conflicts {
+                        continue;
+                    }
+                    if self.conf.force_address {
+                        self.host.del_address(br.index, *a).await?;
+                    } else {
+                        return Err(CniError::new(
+                            code::BRIDGE_ADDRESS_CONFLICT,
+                            format!(
+                                "{:?} already has an IP address different from {gw} ({a}); set forceAddress to replace it",
+                                br.name
+                            ),
+                        ));
+                    }
+                }
+                self.host.add_address(br.index, **gw).await?;
+            }
+            let key = if v6 {
+                "net.ipv6.conf.all.forwarding"
+            } else {
+                "net.ipv4.ip_forward"
+            };
+            sysctl::ensure(key, "1")
+                .map_err(|e| CniError::new(code::KERNEL, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Addresses and routes on the pod interface (the interface is up since creation).
+    async fn pod_side(&self, pv: &Link, ips: &[IpConfig], routes: &[RouteConf]) -> Result<()> {
+        if !self.conf.enable_dad {
+            // As the reference plugin: no IPv6 DAD on the pod end (hairpin echoes would fail it).
+            let key = format!("net/ipv6/conf/{}/accept_dad", self.env.ifname);
+            let _ = self.netns.run(move || sysctl::write(&key, "0"));
+        }
+        for ip in ips {
+            self.pod.add_address(pv.index, ip.address).await?;
+        }
+        let gw_of = |v6: bool| ips.iter().find(|i| i.address.is_ipv6() == v6).and_then(|i| i.gateway);
+        for r in routes {
+            let v6 = r.dst.is_ipv6();
+            let route = Route {
+                dst: r.dst,
+                gateway: r.gw.or_else(|| gw_of(v6)),
+                oif: Some(pv.index),
+            };
+            self.pod.add_route(&route).await?;
+        }
+        Ok(())
+    }
+}

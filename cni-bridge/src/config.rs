@@ -1,0 +1,465 @@
+//! The network configuration on stdin: the reference `bridge` plugin's keys with their meaning,
+//! plus `stateDir` and `logFile`. Decoding errors are code 6, invalid values code 7, known keys
+//! set to values we do not implement code 2 (naming the key).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::env::{check_ifname, valid_identifier};
+use crate::error::{code, CniError, Result};
+use crate::ipam::hostlocal;
+use crate::result::Dns;
+use crate::version::Version;
+
+/// `ipam.type` that selects the built-in, host-local-compatible allocator.
+pub const BUILTIN_IPAM: &str = "cni-bridge-ipam";
+/// Where attachment records live unless `stateDir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/cni-bridge";
+/// The reference plugin's default bridge name.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawConf {
+    cni_version: Option<String>,
+    name: Option<String>,
+    bridge: Option<String>,
+    is_gateway: Option<bool>,
+    is_default_gateway: Option<bool>,
+    force_address: Option<bool>,
+    ip_masq: Option<bool>,
+    ip_masq_backend: Option<String>,
+    mtu: Option<u32>,
+    hairpin_mode: Option<bool>,
+    promisc_mode: Option<bool>,
+    vlan: Option<u32>,
+    vlan_trunk: Option<Vec<Value>>,
+    preserve_default_vlan: Option<bool>,
+    macspoofchk: Option<bool>,
+    enabledad: Option<bool>,
+    disable_container_interface: Option<bool>,
+    port_isolation: Option<bool>,
+    dns: Option<Dns>,
+    ipam: Option<Value>,
+    args: Option<RawArgs>,
+    runtime_config: Option<RawRuntimeConfig>,
+    prev_result: Option<Value>,
+    state_dir: Option<String>,
+    log_file: Option<String>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<GcAttachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<GcAttachment>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawArgs {
+    #[serde(default)]
+    cni: Option<RawCniArgs>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawCniArgs {
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    labels: Vec<Label>,
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    key: String,
+    value: String,
+}
+
+#[derive(Deserialize, Default)]
+struct RawRuntimeConfig {
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+/// One entry of GC's `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GcAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// How addresses are obtained.
+#[derive(Debug, Clone)]
+pub enum IpamConf {
+    /// `"ipam": {}`: layer 2 only, no addresses.
+    None,
+    /// `cni-bridge-ipam`: the built-in allocator.
+    Builtin(hostlocal::Config),
+    /// Any other `type`: that binary on `CNI_PATH`.
+    Delegated { plugin: String },
+}
+
+impl IpamConf {
+    /// The name recorded in attachment records.
+    pub fn type_name(&self) -> &str {
+        match self {
+            IpamConf::None => "",
+            IpamConf::Builtin(_) => BUILTIN_IPAM,
+            IpamConf::Delegated { plugin } => plugin,
+        }
+    }
+}
+
+/// A validated network configuration.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub version: Version,
+    pub name: String,
+    pub bridge: String,
+    pub is_gateway: bool,
+    pub is_default_gateway: bool,
+    pub force_address: bool,
+    pub ip_masq: bool,
+    /// 0: kernel default.
+    pub mtu: u32,
+    pub hairpin: bool,
+    pub promisc: bool,
+    pub enable_dad: bool,
+    pub port_isolation: bool,
+    pub dns: Dns,
+    pub ipam: IpamConf,
+    /// From `args.cni.ips` and `runtimeConfig.ips`.
+    pub requested_ips: Vec<IpAddr>,
+    /// From `args.cni.mac` / `runtimeConfig.mac` (the latter wins).
+    pub mac: Option<[u8; 6]>,
+    /// From `args.cni.labels`.
+    pub labels: BTreeMap<String, String>,
+    pub prev_result: Option<Value>,
+    pub state_dir: PathBuf,
+    pub log_file: Option<PathBuf>,
+    /// GC's keep-list (`cni.dev/valid-attachments`, else `cni.dev/attachments`).
+    pub valid_attachments: Option<Vec<GcAttachment>>,
+    /// Stdin as received, for delegation.
+    pub raw: Value,
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg)
+}
+
+fn unsupported(key: &str, value: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        code::UNSUPPORTED_FIELD,
+        format!("config key {key:?} = {value} is not supported by cni-bridge"),
+    )
+}
+
+/// Parses a requested address: `10.0.0.5` or `10.0.0.5/24` (the prefix is ignored, as
+/// host-local does).
+pub fn parse_requested_ip(s: &str) -> Result<IpAddr> {
+    let ip = s.split('/').next().unwrap_or("");
+    ip.parse()
+        .map_err(|_| invalid(format!("requested IP {s:?} is not an IP address")))
+}
+
+/// The `cniVersion` of a config, for messages printed before the config is fully validated.
+pub fn peek_version(stdin: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(stdin).ok()?;
+    v.get("cniVersion")?.as_str().map(str::to_string)
+}
+
+impl NetConf {
+    /// Decodes and validates stdin.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf> {
+        let raw_value: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(code::DECODE_FAILURE, format!("config is not valid JSON: {e}"))
+        })?;
+        if !raw_value.is_object() {
+            return Err(CniError::new(
+                code::DECODE_FAILURE,
+                "config is not a JSON object",
+            ));
+        }
+        let raw: RawConf = serde_json::from_value(raw_value.clone()).map_err(|e| {
+            CniError::new(code::DECODE_FAILURE, format!("config: {e}"))
+        })?;
+        let version = Version::parse(raw.cni_version.as_deref().unwrap_or(""))?;
+
+        let name = raw.name.unwrap_or_default();
+        if name.is_empty() {
+            return Err(invalid("config key \"name\" (network name) is missing"));
+        }
+        if !valid_identifier(&name) {
+            return Err(invalid(format!(
+                "network name {name:?} has characters other than letters, digits, '_', '.', '-' (or does not start with a letter or digit)"
+            )));
+        }
+        let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        check_ifname(&bridge).map_err(|m| invalid(format!("config key \"bridge\": {m}")))?;
+
+        if let Some(v) = raw.vlan.filter(|v| *v != 0) {
+            return Err(unsupported("vlan", v));
+        }
+        if let Some(t) = raw.vlan_trunk.filter(|t| !t.is_empty()) {
+            return Err(unsupported("vlanTrunk", Value::Array(t)));
+        }
+        // Only meaningful together with VLANs, which are refused above.
+        let _ = raw.preserve_default_vlan;
+        if raw.macspoofchk == Some(true) {
+            return Err(unsupported("macspoofchk", true));
+        }
+        if raw.disable_container_interface == Some(true) {
+            return Err(unsupported("disableContainerInterface", true));
+        }
+        if let Some(b) = raw
+            .ip_masq_backend
+            .filter(|b| !b.is_empty() && b != "iptables")
+        {
+            return Err(unsupported("ipMasqBackend", format!("{b:?}")));
+        }
+        let hairpin = raw.hairpin_mode.unwrap_or(false);
+        let promisc = raw.promisc_mode.unwrap_or(false);
+        if hairpin && promisc {
+            return Err(invalid(
+                "cannot set hairpinMode and promiscMode at the same time",
+            ));
+        }
+        let mtu = raw.mtu.unwrap_or(0);
+        if mtu != 0 && !(68..=65535).contains(&mtu) {
+            return Err(invalid(format!(
+                "config key \"mtu\" = {mtu} is outside 68..65535"
+            )));
+        }
+        let is_default_gateway = raw.is_default_gateway.unwrap_or(false);
+
+        let ipam = match raw.ipam {
+            None | Some(Value::Null) => IpamConf::None,
+            Some(Value::Object(ref m)) if m.is_empty() => IpamConf::None,
+            Some(Value::Object(ref m)) => match m.get("type") {
+                Some(Value::String(t)) if t == BUILTIN_IPAM => {
+                    IpamConf::Builtin(hostlocal::Config::parse(&Value::Object(m.clone()))?)
+                }
+                Some(Value::String(t)) if valid_identifier(t) => {
+                    IpamConf::Delegated { plugin: t.clone() }
+                }
+                Some(t) => {
+                    return Err(invalid(format!(
+                        "ipam.type {t} is not a valid plugin name"
+                    )))
+                }
+                None => return Err(invalid("ipam.type is missing")),
+            },
+            Some(other) => {
+                return Err(CniError::new(
+                    code::DECODE_FAILURE,
+                    format!("config key \"ipam\" must be an object, got {other}"),
+                ))
+            }
+        };
+
+        let cni_args = raw.args.and_then(|a| a.cni).unwrap_or_default();
+        let runtime = raw.runtime_config.unwrap_or_default();
+        let mut requested_ips = Vec::new();
+        for s in cni_args.ips.iter().chain(runtime.ips.iter()) {
+            requested_ips.push(parse_requested_ip(s)?);
+        }
+        let mut mac = None;
+        for m in [cni_args.mac.as_deref(), runtime.mac.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|m| !m.is_empty())
+        {
+            mac = Some(parse_mac_arg(m)?);
+        }
+        let labels = cni_args
+            .labels
+            .into_iter()
+            .map(|l| (l.key, l.value))
+            .collect();
+
+        let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return Err(invalid(format!(
+                "config key \"stateDir\" = {:?} is not an absolute path",
+                state_dir.display()
+            )));
+        }
+        let log_file = raw.log_file.filter(|f| !f.is_empty()).map(PathBuf::from);
+
+        Ok(NetConf {
+            version,
+            name,
+            bridge,
+            is_gateway: raw.is_gateway.unwrap_or(false) || is_default_gateway,
+            is_default_gateway,
+            force_address: raw.force_address.unwrap_or(false),
+            ip_masq: raw.ip_masq.unwrap_or(false),
+            mtu,
+            hairpin,
+            promisc,
+            enable_dad: raw.enabledad.unwrap_or(false),
+            port_isolation: raw.port_isolation.unwrap_or(false),
+            dns: raw.dns.unwrap_or_default(),
+            ipam,
+            requested_ips,
+            mac,
+            labels,
+            prev_result: raw.prev_result,
+            state_dir,
+            log_file,
+            valid_attachments: raw.valid_attachments.or(raw.attachments),
+            raw: raw_value,
+        })
+    }
+}
+
+/// Parses a requested MAC (`args.cni.mac`, `runtimeConfig.mac`, `CNI_ARGS MAC=`).
+pub fn parse_mac_arg(s: &str) -> Result<[u8; 6]> {
+    let mac = nodenet::link::parse_mac(s)
+        .ok_or_else(|| invalid(format!("MAC address {s:?} is not aa:bb:cc:dd:ee:ff")))?;
+    if mac[0] & 1 == 1 {
+        return Err(invalid(format!("MAC address {s:?} is a multicast address")));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<NetConf> {
+        NetConf::parse(v.to_string().as_bytes())
+    }
+
+    fn base() -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "podnet",
+            "type": "cni-bridge",
+            "bridge": "bridge_home",
+            "isDefaultGateway": true,
+            "ipMasq": true,
+            "hairpinMode": true,
+            "ipam": {"type": "cni-bridge-ipam", "subnet": "10.0.0.0/24", "gateway": "10.0.0.1"}
+        })
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = base();
+        v[key] = value;
+        v
+    }
+
+    #[test]
+    fn scenario_config_parses_with_defaults() {
+        let c = parse(base()).unwrap();
+        assert_eq!(c.bridge, "bridge_home");
+        assert!(c.is_gateway, "isDefaultGateway implies isGateway");
+        assert!(c.ip_masq && c.hairpin && !c.promisc && !c.enable_dad);
+        assert_eq!(c.mtu, 0);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert!(matches!(c.ipam, IpamConf::Builtin(_)));
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("bridge");
+        assert_eq!(parse(v).unwrap().bridge, "cni0");
+    }
+
+    #[test]
+    fn ipam_kinds() {
+        assert!(matches!(
+            parse(with("ipam", json!({}))).unwrap().ipam,
+            IpamConf::None
+        ));
+        match parse(with("ipam", json!({"type": "host-local", "subnet": "10.0.0.0/24"})))
+            .unwrap()
+            .ipam
+        {
+            IpamConf::Delegated { plugin } => assert_eq!(plugin, "host-local"),
+            other => panic!("{other:?}"),
+        }
+        for bad in [json!({"type": "../bin/sh"}), json!({"subnet": "10.0.0.0/24"})] {
+            assert_eq!(parse(with("ipam", bad)).unwrap_err().code, 7);
+        }
+    }
+
+    #[test]
+    fn unimplemented_keys_are_code_2_naming_the_key() {
+        for (key, value) in [
+            ("vlan", json!(100)),
+            ("vlanTrunk", json!([{"id": 5}])),
+            ("macspoofchk", json!(true)),
+            ("disableContainerInterface", json!(true)),
+            ("ipMasqBackend", json!("nftables")),
+        ] {
+            let err = parse(with(key, value)).unwrap_err();
+            assert_eq!(err.code, 2, "{key}");
+            assert!(err.msg.contains(key), "{}", err.msg);
+        }
+        for (key, value) in [
+            ("vlan", json!(0)),
+            ("vlanTrunk", json!([])),
+            ("macspoofchk", json!(false)),
+            ("preserveDefaultVlan", json!(false)),
+            ("ipMasqBackend", json!("iptables")),
+        ] {
+            assert!(parse(with(key, value)).is_ok(), "{key}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_code_7() {
+        let cases = [
+            with("name", json!("")),
+            with("name", json!("../x")),
+            with("bridge", json!("a-bridge-name-too-long")),
+            with("bridge", json!("br/0")),
+            with("mtu", json!(10)),
+            with("promiscMode", json!(true)),
+            with("stateDir", json!("relative")),
+            with("args", json!({"cni": {"ips": ["10.0.0.300"]}})),
+            with("runtimeConfig", json!({"mac": "zz"})),
+        ];
+        for c in cases {
+            assert_eq!(parse(c.clone()).unwrap_err().code, 7, "{c}");
+        }
+    }
+
+    #[test]
+    fn decoding_failures_are_code_6() {
+        assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, 6);
+        assert_eq!(NetConf::parse(b"[1]").unwrap_err().code, 6);
+        assert_eq!(parse(with("mtu", json!("big"))).unwrap_err().code, 6);
+        assert_eq!(parse(with("ipMasq", json!("yes"))).unwrap_err().code, 6);
+    }
+
+    #[test]
+    fn version_errors_are_code_1() {
+        assert_eq!(parse(with("cniVersion", json!("0.2.0"))).unwrap_err().code, 1);
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("cniVersion");
+        assert_eq!(parse(v).unwrap_err().code, 1);
+    }
+
+    #[test]
+    fn args_and_runtime_config() {
+        let mut v = base();
+        v["args"] = json!({"cni": {"ips": ["10.0.0.7/24"], "labels": [{"key": "component", "value": "app"}], "mac": "0a:00:00:00:00:01"}});
+        v["runtimeConfig"] = json!({"mac": "0a:00:00:00:00:02", "ips": ["10.0.0.8"]});
+        v["cni.dev/attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+        let c = parse(v).unwrap();
+        assert_eq!(
+            c.requested_ips,
+            vec!["10.0.0.7".parse::<IpAddr>().unwrap(), "10.0.0.8".parse().unwrap()]
+        );
+        assert_eq!(c.labels.get("component").map(String::as_str), Some("app"));
+        assert_eq!(c.mac, Some([0x0a, 0, 0, 0, 0, 2]));
+        assert_eq!(c.valid_attachments.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,828 @@
+//! The built-in allocator: host-local's configuration, allocation order and on-disk layout.
+//!
+//! Layout under `<dataDir>/<network>/` (interchangeable with host-local 1.1.1): one file per
+//! reserved address, named by the address, created `O_EXCL`, holding `containerID\r\nifname`;
+//! `last_reserved_ip.<rangeSetIndex>` holding the last address handed out (allocation goes
+//! round robin from there); and `lock`, `flock`ed around every operation so host-local and this
+//! allocator interlock.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use nix::fcntl::{Flock, FlockArg};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{code, io_error, CniError, Result};
+use crate::result::{Dns, IpConfig, RouteConf};
+
+/// host-local's default `dataDir`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+const LOCK_FILE: &str = "lock";
+
+/// One range of a range set, canonicalized (defaults filled in as host-local does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub subnet: IpNetwork,
+    pub start: IpAddr,
+    pub end: IpAddr,
+    pub gateway: IpAddr,
+}
+
+/// The `ipam` section for `cni-bridge-ipam`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// One address is allocated from each range set.
+    pub range_sets: Vec<Vec<Range>>,
+    pub routes: Vec<RouteConf>,
+    pub data_dir: PathBuf,
+    pub resolv_conf: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+struct RawRange {
+    #[serde(default)]
+    subnet: Option<String>,
+    #[serde(default)]
+    range_start: Option<String>,
+    #[serde(default)]
+    range_end: Option<String>,
+    #[serde(default)]
+    gateway: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    #[serde(flatten)]
+    legacy: RawRange,
+    #[serde(default)]
+    ranges: Vec<Vec<RawRange>>,
+    #[serde(default)]
+    routes: Vec<RouteConf>,
+    #[serde(default)]
+    data_dir: Option<String>,
+    #[serde(default)]
+    resolv_conf: Option<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, format!("ipam: {}", msg.into()))
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(n: u128, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(n))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(n as u32))
+    }
+}
+
+fn parse_ip(s: &str, what: &str) -> Result<IpAddr> {
+    s.parse()
+        .map_err(|_| invalid(format!("{what} {s:?} is not an IP address")))
+}
+
+impl Range {
+    fn parse(raw: &RawRange) -> Result<Range> {
+        let subnet_s = raw
+            .subnet
+            .as_deref()
+            .ok_or_else(|| invalid("a range has no subnet"))?;
+        let subnet: IpNetwork = subnet_s
+            .parse()
+            .map_err(|e| invalid(format!("subnet {subnet_s:?}: {e}")))?;
+        let bits = if subnet.is_ipv4() { 32 } else { 128 };
+        if subnet.prefix() > bits - 2 {
+            return Err(invalid(format!(
+                "network {subnet} too small to allocate from"
+            )));
+        }
+        if subnet.ip() != subnet.network() {
+            return Err(invalid(format!(
+                "network {subnet} has host bits set; for a mask of length {} the network address is {}",
+                subnet.prefix(),
+                subnet.network()
+            )));
+        }
+        let v6 = subnet.is_ipv6();
+        let first = from_u128(to_u128(subnet.network()) + 1, v6);
+        let last = match subnet {
+            IpNetwork::V4(n) => from_u128(u128::from(u32::from(n.broadcast())) - 1, false),
+            IpNetwork::V6(n) => {
+                let host_bits = 128 - u32::from(n.prefix());
+                let all = if host_bits == 128 {
+                    u128::MAX
+                } else {
+                    to_u128(subnet.network()) | ((1u128 << host_bits) - 1)
+                };
+                from_u128(all - 1, true)
+            }
+        };
+        let in_subnet = |ip: IpAddr, what: &str| -> Result<IpAddr> {
+            if ip.is_ipv6() != v6 || !subnet.contains(ip) {
+                return Err(invalid(format!("{what} {ip} not in network {subnet}")));
+            }
+            Ok(ip)
+        };
+        let gateway = match raw.gateway.as_deref() {
+            Some(g) if !g.is_empty() => {
+                let ip = parse_ip(g, "gateway")?;
+                if ip.is_ipv6() != v6 {
+                    return Err(invalid(format!(
+                        "gateway {ip} is not of the family of {subnet}"
+                    )));
+                }
+                ip
+            }
+            _ => first,
+        };
+        let start = match raw.range_start.as_deref() {
+            Some(s) if !s.is_empty() => in_subnet(parse_ip(s, "rangeStart")?, "rangeStart")?,
+            _ => first,
+        };
+        let end = match raw.range_end.as_deref() {
+            Some(s) if !s.is_empty() => in_subnet(parse_ip(s, "rangeEnd")?, "rangeEnd")?,
+            _ => last,
+        };
+        if to_u128(start) > to_u128(end) {
+            return Err(invalid(format!(
+                "rangeStart {start} is after rangeEnd {end}"
+            )));
+        }
+        Ok(Range {
+            subnet,
+            start,
+            end,
+            gateway,
+        })
+    }
+
+    /// Whether `ip` is allocatable from this range (inside the subnet and start..=end).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv6() == self.subnet.is_ipv6()
+            && self.subnet.contains(ip)
+            && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
+    }
+
+    fn overlaps(&self, other: &Range) -> bool {
+        self.subnet.is_ipv6() == other.subnet.is_ipv6()
+            && to_u128(self.start) <= to_u128(other.end)
+            && to_u128(other.start) <= to_u128(self.end)
+    }
+
+    /// Number of allocatable addresses (the gateway excluded).
+    fn size(&self) -> u128 {
+        let n = to_u128(self.end) - to_u128(self.start) + 1;
+        if self.contains(self.gateway) {
+            n - 1
+        } else {
+            n
+        }
+    }
+}
+
+impl Config {
+    /// Parses the `ipam` object (host-local's keys; `subnet`/`rangeStart`/`rangeEnd`/`gateway`
+    /// at top level form a first range set, as in host-local).
+    pub fn parse(ipam: &Value) -> Result<Config> {
+        let raw: RawConfig = serde_json::from_value(ipam.clone())
+            .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("ipam: {e}")))?;
+        let mut raw_sets = Vec::new();
+        if raw.legacy.subnet.as_deref().is_some_and(|s| !s.is_empty()) {
+            raw_sets.push(vec![raw.legacy.clone()]);
+        }
+        raw_sets.extend(raw.ranges);
+        if raw_sets.is_empty() {
+            return Err(invalid("no IP ranges specified (\"ranges\" or \"subnet\")"));
+        }
+        let mut range_sets: Vec<Vec<Range>> = Vec::new();
+        for (i, raw_set) in raw_sets.iter().enumerate() {
+            if raw_set.is_empty() {
+                return Err(invalid(format!("range set {i} is empty")));
+            }
+            let set: Vec<Range> = raw_set.iter().map(Range::parse).collect::<Result<_>>()?;
+            let v6 = set[0].subnet.is_ipv6();
+            if set.iter().any(|r| r.subnet.is_ipv6() != v6) {
+                return Err(invalid(format!("range set {i} mixes address families")));
+            }
+            for (a, ra) in set.iter().enumerate() {
+                for rb in &set[a + 1..] {
+                    if ra.overlaps(rb) {
+                        return Err(invalid(format!(
+                            "range set {i}: {} overlaps with {}",
+                            ra.subnet, rb.subnet
+                        )));
+                    }
+                }
+            }
+            for (j, prev) in range_sets.iter().enumerate() {
+                if prev.iter().any(|p| set.iter().any(|r| r.overlaps(p))) {
+                    return Err(invalid(format!("range set {i} overlaps with range set {j}")));
+                }
+            }
+            range_sets.push(set);
+        }
+        let data_dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() {
+            return Err(invalid(format!(
+                "dataDir {:?} is not an absolute path",
+                data_dir.display()
+            )));
+        }
+        Ok(Config {
+            range_sets,
+            routes: raw.routes,
+            data_dir,
+            resolv_conf: raw.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
+        })
+    }
+
+    /// Every subnet of every range, in order.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        self.range_sets
+            .iter()
+            .flatten()
+            .map(|r| r.subnet)
+            .collect()
+    }
+
+    /// DNS settings read from `resolvConf`, as host-local returns them.
+    pub fn dns(&self) -> Result<Dns> {
+        let Some(path) = &self.resolv_conf else {
+            return Ok(Dns::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| io_error("reading", path, e))?;
+        Ok(parse_resolv_conf(&text))
+    }
+}
+
+/// Parses `nameserver`, `domain`, `search` and `options` lines.
+pub fn parse_resolv_conf(text: &str) -> Dns {
+    let mut dns = Dns::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.nameservers.extend(words.next().map(str::to_string)),
+            Some("domain") => dns.domain = words.next().unwrap_or_default().to_string(),
+            Some("search") => dns.search = words.map(str::to_string).collect(),
+            Some("options") => dns.options.extend(words.map(str::to_string)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+/// One reservation file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub ip: IpAddr,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The per-network store, locked for as long as it lives.
+pub struct Store {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+fn owner_content(id: &str, ifname: &str) -> String {
+    format!("{}\r\n{ifname}", id.trim())
+}
+
+/// (containerID, ifname) from a reservation file; old host-local files hold only the ID.
+fn parse_owner(content: &str) -> (String, String) {
+    let content = content.trim();
+    let (id, ifname) = content.split_once("\r\n").unwrap_or((content, ""));
+    (id.trim().to_string(), ifname.trim().to_string())
+}
+
+impl Store {
+    /// Opens `<dataDir>/<network>` (created mode 0700 if absent) and takes its lock.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
+        let dir = data_dir.join(network);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io_error("creating", &dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_error("opening", &lock_path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
+            io_error("locking", &lock_path, std::io::Error::from_raw_os_error(e as i32))
+        })?;
+        Ok(Store { dir, _lock: lock })
+    }
+
+    fn ip_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    /// Creates the reservation file for `ip`; `false` if taken.
+    fn reserve(&self, ip: IpAddr, id: &str, ifname: &str, set_index: usize) -> Result<bool> {
+        let path = self.ip_path(ip);
+        let mut f = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io_error("creating", &path, e)),
+        };
+        if let Err(e) = f.write_all(owner_content(id, ifname).as_bytes()) {
+            let _ = std::fs::remove_file(&path);
+            return Err(io_error("writing", &path, e));
+        }
+        let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}"));
+        std::fs::write(&last, ip.to_string()).map_err(|e| io_error("writing", &last, e))?;
+        Ok(true)
+    }
+
+    fn last_reserved(&self, set_index: usize) -> Option<IpAddr> {
+        let s = std::fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}")))
+            .ok()?;
+        s.trim().parse().ok()
+    }
+
+    /// Every reservation file (host-local's and ours).
+    pub fn reservations(&self) -> Result<Vec<Reservation>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| io_error("listing", &self.dir, e))?;
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let Ok(content) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let (container_id, ifname) = parse_owner(&content);
+            out.push(Reservation {
+                ip,
+                container_id,
+                ifname,
+            });
+        }
+        out.sort_by_key(|r| (r.ip.is_ipv6(), to_u128(r.ip)));
+        Ok(out)
+    }
+
+    /// Releases `ip` if it is reserved for this attachment; `false` otherwise.
+    pub fn release_ip(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
+        let path = self.ip_path(ip);
+        match std::fs::read_to_string(&path) {
+            Ok(c) if parse_owner(&c) == (id.trim().to_string(), ifname.to_string()) => {
+                std::fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error("reading", &path, e)),
+        }
+    }
+
+    /// Releases every address of this attachment (a directory walk, as host-local's DEL).
+    pub fn release_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut released = Vec::new();
+        for r in self.reservations()? {
+            if r.container_id == id.trim() && r.ifname == ifname && self.release_ip(r.ip, id, ifname)? {
+                released.push(r.ip);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Allocates one address from each range set, honouring requested addresses; all or
+    /// nothing.
+    pub fn allocate(
+        &self,
+        cfg: &Config,
+        id: &str,
+        ifname: &str,
+        requested: &[IpAddr],
+    ) -> Result<Vec<IpConfig>> {
+        let mut pending: Vec<IpAddr> = Vec::new();
+        for ip in requested {
+            if !pending.contains(ip) {
+                pending.push(*ip);
+            }
+        }
+        let mut got: Vec<IpConfig> = Vec::new();
+        let outcome = (|| {
+            for (i, set) in cfg.range_sets.iter().enumerate() {
+                let req = pending
+                    .iter()
+                    .position(|ip| set.iter().any(|r| r.contains(*ip)))
+                    .map(|p| pending.remove(p));
+                got.push(self.allocate_from(set, i, id, ifname, req)?);
+            }
+            if !pending.is_empty() {
+                let list: Vec<String> = pending.iter().map(ToString::to_string).collect();
+                return Err(CniError::new(
+                    code::NO_ADDRESS,
+                    format!(
+                        "failed to allocate all requested IPs: {} (not inside any range)",
+                        list.join(" ")
+                    ),
+                ));
+            }
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => Ok(got),
+            Err(e) => {
+                for ip in &got {
+                    let _ = self.release_ip(ip.address.ip(), id, ifname);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn allocate_from(
+        &self,
+        set: &[Range],
+        set_index: usize,
+        id: &str,
+        ifname: &str,
+        requested: Option<IpAddr>,
+    ) -> Result<IpConfig> {
+        let set_name = || {
+            set.iter()
+                .map(|r| r.subnet.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let config = |ip: IpAddr, r: &Range| IpConfig {
+            address: IpNetwork::new(ip, r.subnet.prefix()).expect("prefix of a valid subnet"),
+            gateway: Some(r.gateway),
+            interface: None,
+        };
+        if let Some(ip) = requested {
+            let r = set
+                .iter()
+                .find(|r| r.contains(ip))
+                .expect("requested IP was matched to this set");
+            if ip == r.gateway {
+                return Err(CniError::new(
+                    code::NO_ADDRESS,
+                    format!("requested IP {ip} is the subnet's gateway"),
+                ));
+            }
+            if !self.reserve(ip, id, ifname, set_index)? {
+                return Err(CniError::new(
+                    code::NO_ADDRESS,
+                    format!("requested IP address {ip} is not available in range set {}", set_name()),
+                ));
+            }
+            return Ok(config(ip, r));
+        }
+        for (ip, r) in RangeIter::new(set, self.last_reserved(set_index)) {
+            if self.reserve(ip, id, ifname, set_index)? {
+                return Ok(config(ip, r));
+            }
+        }
+        Err(CniError::new(
+            code::NO_ADDRESS,
+            format!("no IP addresses available in range set: {}", set_name()),
+        ))
+    }
+
+    /// Free addresses per range set (for STATUS).
+    pub fn free_counts(&self, cfg: &Config) -> Result<Vec<u128>> {
+        let taken = self.reservations()?;
+        Ok(cfg
+            .range_sets
+            .iter()
+            .map(|set| {
+                let size: u128 = set.iter().map(Range::size).sum();
+                let used = taken
+                    .iter()
+                    .filter(|t| set.iter().any(|r| r.contains(t.ip) && t.ip != r.gateway))
+                    .count() as u128;
+                size.saturating_sub(used)
+            })
+            .collect())
+    }
+}
+
+/// host-local's iteration order: from the address after the last reserved one, through the
+/// ranges of the set in order, wrapping once, skipping gateways.
+struct RangeIter<'a> {
+    set: &'a [Range],
+    range: usize,
+    cur: Option<u128>,
+    start: Option<u128>,
+}
+
+impl<'a> RangeIter<'a> {
+    fn new(set: &'a [Range], last: Option<IpAddr>) -> RangeIter<'a> {
+        match last.and_then(|ip| set.iter().position(|r| r.contains(ip)).map(|i| (i, ip))) {
+            Some((i, ip)) => RangeIter {
+                set,
+                range: i,
+                cur: Some(to_u128(ip)),
+                start: None,
+            },
+            None => RangeIter {
+                set,
+                range: 0,
+                cur: None,
+                start: Some(to_u128(set[0].start)),
+            },
+        }
+    }
+}
+
+impl<'a> Iterator for RangeIter<'a> {
+    type Item = (IpAddr, &'a Range);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let r = &self.set[self.range];
+            let v6 = r.subnet.is_ipv6();
+            let next = match self.cur {
+                None => {
+                    let s = to_u128(r.start);
+                    self.start = Some(s);
+                    s
+                }
+                Some(c) if c == to_u128(r.end) => {
+                    self.range = (self.range + 1) % self.set.len();
+                    let s = to_u128(self.set[self.range].start);
+                    if self.start == Some(s) {
+                        return None;
+                    }
+                    s
+                }
+                Some(c) => c + 1,
+            };
+            let first_call = self.cur.is_none();
+            self.cur = Some(next);
+            if !first_call {
+                match self.start {
+                    None => self.start = Some(next),
+                    Some(s) if s == next => return None,
+                    Some(_) => {}
+                }
+            }
+            let r = &self.set[self.range];
+            let ip = from_u128(next, v6);
+            if ip == r.gateway {
+                continue;
+            }
+            return Some((ip, r));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(v: Value) -> Result<Config> {
+        Config::parse(&v)
+    }
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "cnib-ipam-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_match_host_local() {
+        let c = cfg(json!({"type": "cni-bridge-ipam", "subnet": "10.0.0.0/24"})).unwrap();
+        let r = &c.range_sets[0][0];
+        assert_eq!(r.start, ip("10.0.0.1"));
+        assert_eq!(r.end, ip("10.0.0.254"));
+        assert_eq!(r.gateway, ip("10.0.0.1"));
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        let c6 = cfg(json!({"ranges": [[{"subnet": "fd00::/120"}]]})).unwrap();
+        assert_eq!(c6.range_sets[0][0].end, ip("fd00::fe"));
+    }
+
+    #[test]
+    fn invalid_ranges_are_code_7() {
+        for bad in [
+            json!({}),
+            json!({"subnet": "10.0.0.0/31"}),
+            json!({"subnet": "10.0.0.5/24"}),
+            json!({"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.5"}),
+            json!({"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.10"}),
+            json!({"subnet": "nonsense"}),
+            json!({"ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]}),
+            json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]]}),
+            json!({"subnet": "10.0.0.0/24", "dataDir": "rel"}),
+        ] {
+            assert_eq!(cfg(bad.clone()).unwrap_err().code, 7, "{bad}");
+        }
+    }
+
+    #[test]
+    fn allocation_is_round_robin_and_skips_gateway() {
+        let dir = tmp();
+        let c = cfg(json!({"subnet": "10.0.0.0/29", "dataDir": dir})).unwrap();
+        let store = Store::open(&c.data_dir, "net").unwrap();
+        let a = store.allocate(&c, "c1", "eth0", &[]).unwrap();
+        assert_eq!(a[0].address.to_string(), "10.0.0.2/29");
+        assert_eq!(a[0].gateway, Some(ip("10.0.0.1")));
+        let content = std::fs::read(dir.join("net/10.0.0.2")).unwrap();
+        assert_eq!(content, b"c1\r\neth0");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("net/last_reserved_ip.0")).unwrap(),
+            "10.0.0.2"
+        );
+        let b = store.allocate(&c, "c2", "eth0", &[]).unwrap();
+        assert_eq!(b[0].address.ip(), ip("10.0.0.3"));
+        assert!(store.release_ip(ip("10.0.0.2"), "c1", "eth0").unwrap());
+        // Round robin: continues after the last reserved, not at the freed one.
+        let c3 = store.allocate(&c, "c3", "eth0", &[]).unwrap();
+        assert_eq!(c3[0].address.ip(), ip("10.0.0.4"));
+        // /29: .2-.6 usable; fill, then wrap to the freed .2, then exhaust.
+        store.allocate(&c, "c4", "eth0", &[]).unwrap();
+        store.allocate(&c, "c5", "eth0", &[]).unwrap();
+        let wrapped = store.allocate(&c, "c6", "eth0", &[]).unwrap();
+        assert_eq!(wrapped[0].address.ip(), ip("10.0.0.2"));
+        let err = store.allocate(&c, "c7", "eth0", &[]).unwrap_err();
+        assert_eq!(err.code, code::NO_ADDRESS);
+        assert_eq!(store.free_counts(&c).unwrap(), vec![0]);
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let dir = tmp();
+        let c = cfg(json!({"subnet": "10.0.0.0/24", "dataDir": dir})).unwrap();
+        let store = Store::open(&c.data_dir, "net").unwrap();
+        let a = store.allocate(&c, "c1", "eth0", &[ip("10.0.0.11")]).unwrap();
+        assert_eq!(a[0].address.to_string(), "10.0.0.11/24");
+        for (req, why) in [
+            ("10.0.0.11", "taken"),
+            ("10.0.0.1", "gateway"),
+            ("10.9.0.1", "outside"),
+        ] {
+            let e = store.allocate(&c, "c2", "eth0", &[ip(req)]).unwrap_err();
+            assert_eq!(e.code, code::NO_ADDRESS, "{why}: {e}");
+        }
+        // Nothing left behind by the failures.
+        let owners: Vec<_> = store
+            .reservations()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.container_id)
+            .collect();
+        assert_eq!(owners, vec!["c1"]);
+        assert_eq!(store.release_by_id("c1", "eth0").unwrap(), vec![ip("10.0.0.11")]);
+        assert!(store.reservations().unwrap().is_empty());
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dual_stack_allocates_one_per_set_and_rolls_back() {
+        let dir = tmp();
+        let c = cfg(json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/126"}]], "dataDir": dir})).unwrap();
+        let store = Store::open(&c.data_dir, "net").unwrap();
+        let a = store.allocate(&c, "c1", "eth0", &[]).unwrap();
+        assert_eq!(a[1].address.to_string(), "fd00::2/126");
+        // The v6 set (.1 gateway, .2 taken) is now full: the v4 address must be rolled back.
+        let e = store.allocate(&c, "c2", "eth0", &[]).unwrap_err();
+        assert_eq!(e.code, code::NO_ADDRESS);
+        assert_eq!(store.reservations().unwrap().len(), 2);
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn resolv_conf_parsing() {
+        let d = parse_resolv_conf("nameserver 10.96.0.10\nsearch a.svc b.svc\noptions ndots:5\ndomain x\n");
+        assert_eq!(d.nameservers, vec!["10.96.0.10"]);
+        assert_eq!(d.search, vec!["a.svc", "b.svc"]);
+        assert_eq!(d.options, vec!["ndots:5"]);
+        assert_eq!(d.domain, "x");
+    }
+}
+
+/// The built-in allocator bound to one network.
+pub struct Builtin<'a> {
+    pub cfg: &'a Config,
+    pub network: &'a str,
+}
+
+impl super::Ipam for Builtin<'_> {
+    fn add(&self, owner: super::Owner<'_>, requested: &[IpAddr]) -> Result<super::IpamResult> {
+        let dns = self.cfg.dns()?;
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let ips = store.allocate(self.cfg, owner.container_id, owner.ifname, requested)?;
+        Ok(super::IpamResult {
+            ips,
+            routes: self.cfg.routes.clone(),
+            dns,
+        })
+    }
+
+    fn del(&self, owner: super::Owner<'_>, known: &[IpAddr]) -> Result<()> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let mut released = 0;
+        for ip in known {
+            if store.release_ip(*ip, owner.container_id, owner.ifname)? {
+                released += 1;
+            }
+        }
+        // Without a record (or if it named nothing we held) fall back to host-local's walk.
+        if released == 0 {
+            store.release_by_id(owner.container_id, owner.ifname)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, owner: super::Owner<'_>, ips: &[IpAddr]) -> Result<()> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let held: Vec<IpAddr> = store
+            .reservations()?
+            .into_iter()
+            .filter(|r| r.container_id == owner.container_id && r.ifname == owner.ifname)
+            .map(|r| r.ip)
+            .collect();
+        for ip in ips {
+            if !held.contains(ip) {
+                return Err(CniError::new(
+                    code::CHECK_MISMATCH,
+                    format!(
+                        "ipam: {ip} is not reserved for {}/{}",
+                        owner.container_id, owner.ifname
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn gc(&self, valid: &[crate::config::GcAttachment]) -> Result<Vec<super::Released>> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let mut out = Vec::new();
+        for r in store.reservations()? {
+            let keep = valid
+                .iter()
+                .any(|v| v.container_id == r.container_id && v.ifname == r.ifname);
+            if !keep && store.release_ip(r.ip, &r.container_id, &r.ifname)? {
+                out.push(super::Released {
+                    ip: r.ip,
+                    container_id: r.container_id,
+                    ifname: r.ifname,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn status(&self) -> Result<()> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        for (i, free) in store.free_counts(self.cfg)?.into_iter().enumerate() {
+            if free == 0 {
+                return Err(CniError::new(
+                    code::NOT_AVAILABLE,
+                    format!("no free address left in range set {i}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

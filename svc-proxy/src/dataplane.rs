@@ -1,0 +1,153 @@
+//! The kernel as the controller sees it: dump what we own, apply operations. The real
+//! implementation is [`crate::kernel::Kernel`]; tests use the recording fake in [`fake`].
+
+use crate::model::{Observed, ObservedService, ServiceKey};
+use crate::plan::Op;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// A failed kernel operation, with the object it was about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DataplaneError(pub String);
+
+impl DataplaneError {
+    pub fn new(context: impl std::fmt::Display, err: impl std::fmt::Display) -> DataplaneError {
+        DataplaneError(format!("{context}: {err}"))
+    }
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// Kernel access for the controller.
+pub trait Dataplane {
+    /// Ensures the static pieces exist: the dummy device (up), the loop-back set, the nat chain with
+    /// its one MASQUERADE rule and the jump to it, and the sysctls. Idempotent.
+    fn ensure_base(&mut self) -> Result<()>;
+
+    /// Dumps the dummy device's addresses, every virtual service (real servers only for those
+    /// [`Observed::owns`] says are ours, given the `claimed` VIPs) and the loop-back set.
+    fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed>;
+
+    /// Dumps one virtual service and its real servers (`ipvsadm -L -n -t VIP:PORT`).
+    fn observe_service(&mut self, key: &ServiceKey) -> Result<Option<ObservedService>>;
+
+    /// Applies `ops` in order, batched where the kernel allows; one result per operation.
+    fn apply(&mut self, ops: &[Op]) -> Vec<Result<()>>;
+
+    /// Removes everything svc-proxy owns (`svc-proxy cleanup`) and nothing else.
+    fn cleanup(&mut self) -> Result<()>;
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A dataplane that keeps kernel state in memory, records every operation, and fails on demand.
+
+    use super::*;
+    use crate::model::ObservedDest;
+    use crate::plan::Scope;
+
+    #[derive(Default)]
+    pub struct Recording {
+        /// The "kernel": addresses on the dummy, all virtual services (ours and foreign), the set.
+        pub state: Observed,
+        /// Every operation applied successfully, in order.
+        pub applied: Vec<Op>,
+        /// Operations in these scopes fail with "injected failure".
+        pub fail: BTreeSet<Scope>,
+        pub full_observes: usize,
+        pub service_observes: Vec<ServiceKey>,
+        pub base_ensured: usize,
+        pub cleaned: bool,
+    }
+
+    impl Recording {
+        /// Takes the operations recorded so far.
+        pub fn take(&mut self) -> Vec<Op> {
+            std::mem::take(&mut self.applied)
+        }
+
+        /// Sets the connection counts of a real server, as traffic would.
+        pub fn set_conns(&mut self, key: &ServiceKey, dest: std::net::SocketAddr, active: u32) {
+            let d = self.state.services.get_mut(key).unwrap().dests.get_mut(&dest).unwrap();
+            d.active_conns = active;
+        }
+
+        fn check(&self, op: &Op) -> Result<()> {
+            let s = &self.state;
+            let exists = match op {
+                Op::AddAddress(ip) | Op::DelAddress(ip) => s.addresses.contains(ip),
+                Op::AddService(v) | Op::UpdateService(v) => s.services.contains_key(&v.key),
+                Op::DelService(k) => s.services.contains_key(k),
+                Op::AddDest { service, dest, .. }
+                | Op::UpdateDest { service, dest, .. }
+                | Op::DelDest { service, dest } => match s.services.get(service) {
+                    None => return Err(DataplaneError::new(op, "No such process")),
+                    Some(o) => o.dests.contains_key(dest),
+                },
+                Op::AddLoopback(e) | Op::DelLoopback(e) => s.loopback.contains(e),
+            };
+            let adds = matches!(op, Op::AddAddress(_) | Op::AddService(_) | Op::AddDest { .. } | Op::AddLoopback(_));
+            match (adds, exists) {
+                (true, true) => Err(DataplaneError::new(op, "File exists")),
+                (false, false) => Err(DataplaneError::new(op, "No such file or directory")),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    impl Dataplane for Recording {
+        fn ensure_base(&mut self) -> Result<()> {
+            self.base_ensured += 1;
+            Ok(())
+        }
+
+        fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed> {
+            self.full_observes += 1;
+            let mut o = self.state.clone();
+            let owned = self.state.clone();
+            for (key, svc) in o.services.iter_mut() {
+                if !owned.owns(&key.addr, claimed) {
+                    svc.dests.clear();
+                }
+            }
+            Ok(o)
+        }
+
+        fn observe_service(&mut self, key: &ServiceKey) -> Result<Option<ObservedService>> {
+            self.service_observes.push(*key);
+            Ok(self.state.services.get(key).cloned())
+        }
+
+        fn apply(&mut self, ops: &[Op]) -> Vec<Result<()>> {
+            ops.iter()
+                .map(|op| {
+                    if self.fail.contains(&op.scope()) {
+                        return Err(DataplaneError::new(op, "injected failure"));
+                    }
+                    self.check(op)?;
+                    self.state.record(op);
+                    self.applied.push(op.clone());
+                    Ok(())
+                })
+                .collect()
+        }
+
+        fn cleanup(&mut self) -> Result<()> {
+            let ours: Vec<ServiceKey> =
+                self.state.services.keys().filter(|k| self.state.addresses.contains(&k.addr)).copied().collect();
+            for k in ours {
+                self.state.services.remove(&k);
+            }
+            self.state.addresses.clear();
+            self.state.loopback.clear();
+            self.cleaned = true;
+            Ok(())
+        }
+    }
+
+    /// A foreign-looking or adopted real server with `weight`, for seeding the fake kernel.
+    pub fn dest(weight: u32) -> ObservedDest {
+        ObservedDest::new(weight)
+    }
+}

@@ -1,0 +1,210 @@
+//! Turns Services, EndpointSlices and attached pods into the desired kernel state.
+
+use crate::attachments::Pod;
+use crate::manifest::{EndpointSlice, Service, ServicePort};
+use crate::model::{Desired, DesiredService, LoopbackEntry, ServiceKey, VirtualService};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+/// Builds the desired state. Services are taken in `namespace/name` order; a VIP:port/protocol
+/// that an earlier Service already claims is skipped and reported in the returned list.
+pub fn build(
+    services: &[&Service],
+    slices: &[&EndpointSlice],
+    pods: &[&Pod],
+    default_scheduler: &str,
+) -> (Desired, Vec<String>) {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        by_service.entry((&s.namespace, &s.service_name)).or_default().push(s);
+    }
+    let mut sorted: Vec<&Service> = services.to_vec();
+    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+
+    let mut desired = Desired::default();
+    let mut conflicts = Vec::new();
+    for svc in sorted {
+        let svc_slices = by_service.get(&(svc.namespace.as_str(), svc.name.as_str()));
+        let mut vips: Vec<IpAddr> = Vec::new();
+        for ip in svc.cluster_ips.iter().chain(&svc.external_ips) {
+            if !vips.contains(ip) {
+                vips.push(*ip);
+            }
+        }
+        for port in &svc.ports {
+            for vip in &vips {
+                let endpoints = match svc_slices {
+                    Some(slices) => slice_endpoints(slices, port, vip.is_ipv4()),
+                    None => pod_endpoints(svc, pods, port, vip.is_ipv4()),
+                };
+                let key = ServiceKey { addr: *vip, protocol: port.protocol, port: port.port };
+                let origin = format!(
+                    "{}/{} port {}/{}",
+                    svc.namespace,
+                    svc.name,
+                    port.port,
+                    port.protocol.as_str().to_uppercase()
+                );
+                if let Some(other) = desired.services.get(&key) {
+                    conflicts.push(format!("{origin}: {key} is already used by {}; skipped", other.origin));
+                    continue;
+                }
+                for ep in endpoints.iter().filter(|e| e.is_ipv4()) {
+                    desired.loopback.insert(LoopbackEntry::for_endpoint(*ep, port.protocol));
+                }
+                let service = VirtualService {
+                    key,
+                    scheduler: svc.scheduler.clone().unwrap_or_else(|| default_scheduler.to_string()),
+                    persistence: svc.affinity_timeout,
+                };
+                desired.services.insert(key, DesiredService { service, endpoints, origin });
+            }
+        }
+    }
+    (desired, conflicts)
+}
+
+/// Endpoints of one Service port from its EndpointSlices: the ready ones, or, when none is ready,
+/// the serving ones that are terminating (Kubernetes' fallback so traffic is not dropped).
+fn slice_endpoints(slices: &[&EndpointSlice], port: &ServicePort, v4: bool) -> BTreeSet<SocketAddr> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices {
+        let Some(sp) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let into = if ep.ready {
+                &mut ready
+            } else if ep.serving && ep.terminating {
+                &mut terminating
+            } else {
+                continue;
+            };
+            for addr in ep.addresses.iter().filter(|a| a.is_ipv4() == v4) {
+                into.insert(SocketAddr::new(*addr, sp.port));
+            }
+        }
+    }
+    if ready.is_empty() {
+        terminating
+    } else {
+        ready
+    }
+}
+
+/// Endpoints of one Service port from the pods cni-bridge attached whose labels match.
+fn pod_endpoints(svc: &Service, pods: &[&Pod], port: &ServicePort, v4: bool) -> BTreeSet<SocketAddr> {
+    let Some(selector) = &svc.selector else {
+        return BTreeSet::new();
+    };
+    pods.iter()
+        .filter(|p| p.matches(&svc.namespace, selector))
+        .flat_map(|p| p.addresses.iter())
+        .filter(|a| a.is_ipv4() == v4)
+        .map(|a| SocketAddr::new(*a, port.target_port))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{parse, Object};
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        parse("t.yaml", yaml, false).unwrap()
+    }
+
+    fn run(objs: &[Object], pods: &[Pod]) -> (Desired, Vec<String>) {
+        let services: Vec<&Service> = objs.iter().filter_map(|o| if let Object::Service(s) = o { Some(s) } else { None }).collect();
+        let slices: Vec<&EndpointSlice> =
+            objs.iter().filter_map(|o| if let Object::EndpointSlice(s) = o { Some(s) } else { None }).collect();
+        let pods: Vec<&Pod> = pods.iter().collect();
+        build(&services, &slices, &pods, "rr")
+    }
+
+    fn pod(ns: &str, ip: &str, labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            namespace: ns.into(),
+            addresses: vec![ip.parse().unwrap()],
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn eps(d: &Desired, key: &str) -> Vec<String> {
+        let (addr, rest) = key.rsplit_once(' ').unwrap();
+        let (port, proto) = rest.split_once('/').unwrap();
+        let k = ServiceKey { addr: addr.parse().unwrap(), port: port.parse().unwrap(), protocol: proto.parse().unwrap() };
+        d.services[&k].endpoints.iter().map(|e| e.to_string()).collect()
+    }
+
+    const SCENARIO: &str = include_str!("../../conf/services/app-service.yaml");
+
+    #[test]
+    fn selector_takes_matching_pods_of_the_same_namespace() {
+        let pods = [
+            pod("default", "10.0.0.11", &[("component", "app")]),
+            pod("default", "10.0.0.21", &[("component", "app"), ("tier", "x")]),
+            pod("other", "10.0.0.31", &[("component", "app")]),
+            pod("default", "10.0.0.41", &[("component", "db")]),
+        ];
+        let (d, conflicts) = run(&objects(SCENARIO), &pods);
+        assert!(conflicts.is_empty());
+        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.0.0.11:8080", "10.0.0.21:8080"]);
+        assert_eq!(
+            d.loopback.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            vec!["10.0.0.11,tcp:8080,10.0.0.11", "10.0.0.21,tcp:8080,10.0.0.21"]
+        );
+        assert_eq!(d.services.values().next().unwrap().service.scheduler, "rr");
+    }
+
+    #[test]
+    fn endpoint_slices_win_over_pods_and_fall_back_to_terminating() {
+        let yaml = format!(
+            "{SCENARIO}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: a1, labels: {{kubernetes.io/service-name: app-service}}}}
+addressType: IPv4
+ports: [{{port: 9090}}]
+endpoints:
+- {{addresses: [10.1.0.1]}}
+- {{addresses: [10.1.0.2], conditions: {{ready: false, serving: true, terminating: true}}}}
+- {{addresses: [10.1.0.3], conditions: {{ready: false, serving: false}}}}
+"
+        );
+        let pods = [pod("default", "10.0.0.11", &[("component", "app")])];
+        let (d, _) = run(&objects(&yaml), &pods);
+        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.1.0.1:9090"]);
+
+        let only_terminating = yaml.replace("- {addresses: [10.1.0.1]}\n", "");
+        let (d, _) = run(&objects(&only_terminating), &pods);
+        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.1.0.2:9090"]);
+    }
+
+    #[test]
+    fn cluster_and_external_ips_get_every_port_and_family_matched_endpoints() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, annotations: {svc-proxy/scheduler: sh}}\nspec:\n  clusterIPs: [10.96.0.5, \"fd00::5\"]\n  externalIPs: [192.0.2.5]\n  selector: {app: s}\n  sessionAffinity: ClientIP\n  ports: [{name: a, port: 80, targetPort: 8080}, {name: b, port: 53, protocol: UDP}]\n";
+        let mut p = pod("default", "10.0.0.11", &[("app", "s")]);
+        p.addresses.push("fd00::11".parse().unwrap());
+        let (d, _) = run(&objects(yaml), &[p]);
+        assert_eq!(d.services.len(), 6);
+        assert_eq!(eps(&d, "fd00::5 80/tcp"), vec!["[fd00::11]:8080"]);
+        assert_eq!(eps(&d, "192.0.2.5 53/udp"), vec!["10.0.0.11:53"]);
+        assert!(d.services.values().all(|s| s.service.scheduler == "sh" && s.service.persistence == Some(10800)));
+        // IPv6 endpoints get no loop-back entry (the set is IPv4).
+        assert_eq!(d.loopback.len(), 2);
+    }
+
+    #[test]
+    fn a_vip_port_claimed_twice_goes_to_the_first_service() {
+        let yaml = format!("{SCENARIO}---\n{}", SCENARIO.replace("name: app-service", "name: aaa"));
+        let (d, conflicts) = run(&objects(&yaml), &[]);
+        assert_eq!(d.services.len(), 1);
+        assert_eq!(d.services.values().next().unwrap().origin, "default/aaa port 8080/TCP");
+        assert_eq!(
+            conflicts,
+            vec!["default/app-service port 8080/TCP: 10.100.100.100:8080/tcp is already used by default/aaa port 8080/TCP; skipped"]
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! svc-proxy: Kubernetes Services on IPVS, a dummy VIP device and ipset-driven hairpin masquerade.
+//!
+//! Layout (data flows top to bottom):
+//! - [`manifest`]: Service / EndpointSlice manifests (YAML, JSON) parsed and validated.
+//! - [`attachments`]: cni-bridge attachment records, the pods attached on this node.
+//! - [`sources`]: watched inputs, last good state per file.
+//! - [`desired`]: inputs -> [`model::Desired`] (virtual services, real servers, loop-back entries).
+//! - [`model`]: the desired and observed kernel state, and the one ownership rule.
+//! - [`plan`]: the pure planner, `plan(desired, observed) -> Vec<Op>`.
+//! - [`dataplane`]: the kernel seen through a trait (dump, apply); [`kernel`] implements it over
+//!   `nodenet`, a recording fake implements it for tests.
+//! - [`controller`]: the reconcile loop (events, resync, backoff, graceful draining).
+//! - [`watch`], [`http`], [`metrics`], [`logger`]: file watching, `/healthz` + `/metrics`, logging.
+
+pub mod attachments;
+pub mod controller;
+pub mod dataplane;
+pub mod desired;
+pub mod http;
+pub mod logger;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod plan;
+pub mod sources;
+pub mod watch;

@@ -1,0 +1,476 @@
+//! The pure planner: desired state + observed kernel state -> the minimal list of operations.
+
+use crate::model::{
+    Desired, Observed, ObservedService, ServiceKey, VirtualService, ENDPOINT_WEIGHT,
+};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// One change to kernel state; the applier is the only code that turns these into netlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `ip addr add VIP/32 dev svcproxy0`
+    AddAddress(IpAddr),
+    /// `ip addr del VIP/32 dev svcproxy0`
+    DelAddress(IpAddr),
+    /// `ipvsadm -A -t VIP:PORT -s SCHED [-p TIMEOUT]`
+    AddService(VirtualService),
+    /// `ipvsadm -E -t VIP:PORT -s SCHED [-p TIMEOUT]`
+    UpdateService(VirtualService),
+    /// `ipvsadm -D -t VIP:PORT`
+    DelService(ServiceKey),
+    /// `ipvsadm -a -t VIP:PORT -r IP:PORT -m -w WEIGHT`
+    AddDest { service: ServiceKey, dest: SocketAddr, weight: u32 },
+    /// `ipvsadm -e -t VIP:PORT -r IP:PORT -m -w WEIGHT`
+    UpdateDest { service: ServiceKey, dest: SocketAddr, weight: u32 },
+    /// `ipvsadm -d -t VIP:PORT -r IP:PORT`
+    DelDest { service: ServiceKey, dest: SocketAddr },
+    /// `ipset add SVCPROXY-LOOP-BACK IP,PROTO:PORT,IP`
+    AddLoopback(crate::model::LoopbackEntry),
+    /// `ipset del SVCPROXY-LOOP-BACK IP,PROTO:PORT,IP`
+    DelLoopback(crate::model::LoopbackEntry),
+}
+
+/// What an operation's failure holds back: retries and backoff are per scope, so one failing
+/// service never delays the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Address(IpAddr),
+    Service(ServiceKey),
+    Loopback,
+}
+
+impl Op {
+    pub fn scope(&self) -> Scope {
+        match self {
+            Op::AddAddress(ip) | Op::DelAddress(ip) => Scope::Address(*ip),
+            Op::AddService(s) | Op::UpdateService(s) => Scope::Service(s.key),
+            Op::DelService(key) => Scope::Service(*key),
+            Op::AddDest { service, .. } | Op::UpdateDest { service, .. } | Op::DelDest { service, .. } => {
+                Scope::Service(*service)
+            }
+            Op::AddLoopback(_) | Op::DelLoopback(_) => Scope::Loopback,
+        }
+    }
+
+    /// Metric label for this kind of operation.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::AddAddress(_) => "add_address",
+            Op::DelAddress(_) => "del_address",
+            Op::AddService(_) => "add_service",
+            Op::UpdateService(_) => "update_service",
+            Op::DelService(_) => "del_service",
+            Op::AddDest { .. } => "add_dest",
+            Op::UpdateDest { .. } => "update_dest",
+            Op::DelDest { .. } => "del_dest",
+            Op::AddLoopback(_) => "add_loopback",
+            Op::DelLoopback(_) => "del_loopback",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Address(ip) => write!(f, "address {ip}"),
+            Scope::Service(key) => write!(f, "service {key}"),
+            Scope::Loopback => f.write_str("loop-back set"),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn service(f: &mut fmt::Formatter<'_>, verb: &str, s: &VirtualService) -> fmt::Result {
+            write!(f, "{verb} service {} scheduler {}", s.key, s.scheduler)?;
+            match s.persistence {
+                Some(t) => write!(f, " persistent {t}s"),
+                None => Ok(()),
+            }
+        }
+        match self {
+            Op::AddAddress(ip) => write!(f, "add address {ip}"),
+            Op::DelAddress(ip) => write!(f, "delete address {ip}"),
+            Op::AddService(s) => service(f, "add", s),
+            Op::UpdateService(s) => service(f, "update", s),
+            Op::DelService(key) => write!(f, "delete service {key}"),
+            Op::AddDest { service, dest, weight } => {
+                write!(f, "add real server {dest} to {service} weight {weight}")
+            }
+            Op::UpdateDest { service, dest, weight } => {
+                write!(f, "set real server {dest} of {service} to weight {weight}")
+            }
+            Op::DelDest { service, dest } => write!(f, "delete real server {dest} from {service}"),
+            Op::AddLoopback(e) => write!(f, "add loop-back entry {e}"),
+            Op::DelLoopback(e) => write!(f, "delete loop-back entry {e}"),
+        }
+    }
+}
+
+/// Computes the operations that turn `observed` into `desired`, touching only what is ours.
+///
+/// Order: VIP addresses first, then per service the service and its real servers, then services
+/// that are no longer wanted, the loop-back set, and last the addresses no longer wanted.
+/// A real server that is no longer wanted is deleted at once for UDP; for TCP and SCTP it is first
+/// set to weight 0 and deleted once it has no connections or `drain_expired(service, dest)` says
+/// its grace period is over. A wanted real server found at weight 0 (a drain interrupted by a
+/// restart, or a pod that came back) gets its weight back.
+pub fn plan(
+    desired: &Desired,
+    observed: &Observed,
+    drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let vips = desired.vips();
+
+    for vip in &vips {
+        if !observed.addresses.contains(vip) {
+            ops.push(Op::AddAddress(*vip));
+        }
+    }
+
+    for (key, want) in &desired.services {
+        match observed.services.get(key) {
+            None => {
+                ops.push(Op::AddService(want.service.clone()));
+                for dest in &want.endpoints {
+                    ops.push(Op::AddDest { service: *key, dest: *dest, weight: ENDPOINT_WEIGHT });
+                }
+            }
+            Some(have) => {
+                if have.service != want.service {
+                    ops.push(Op::UpdateService(want.service.clone()));
+                }
+                for dest in &want.endpoints {
+                    match have.dests.get(dest) {
+                        None => ops.push(Op::AddDest {
+                            service: *key,
+                            dest: *dest,
+                            weight: ENDPOINT_WEIGHT,
+                        }),
+                        Some(d) if d.weight != ENDPOINT_WEIGHT || !d.masquerade => {
+                            ops.push(Op::UpdateDest {
+                                service: *key,
+                                dest: *dest,
+                                weight: ENDPOINT_WEIGHT,
+                            })
+                        }
+                        Some(_) => {}
+                    }
+                }
+                plan_removed_dests(key, have, |d| want.endpoints.contains(d), drain_expired, &mut ops);
+            }
+        }
+    }
+
+    for (key, _) in observed.services.iter() {
+        if observed.owns(&key.addr, &vips) && !desired.services.contains_key(key) {
+            ops.push(Op::DelService(*key));
+        }
+    }
+
+    for entry in desired.loopback.difference(&observed.loopback) {
+        ops.push(Op::AddLoopback(*entry));
+    }
+    for entry in observed.loopback.difference(&desired.loopback) {
+        ops.push(Op::DelLoopback(*entry));
+    }
+
+    for addr in observed.addresses.difference(&vips) {
+        ops.push(Op::DelAddress(*addr));
+    }
+    ops
+}
+
+fn plan_removed_dests(
+    key: &ServiceKey,
+    have: &ObservedService,
+    wanted: impl Fn(&SocketAddr) -> bool,
+    drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
+    ops: &mut Vec<Op>,
+) {
+    for (dest, d) in &have.dests {
+        if wanted(dest) {
+            continue;
+        }
+        let graceful = key.protocol != nodenet::Protocol::Udp;
+        if !graceful || (d.weight == 0 && (d.connections() == 0 || drain_expired(key, dest))) {
+            ops.push(Op::DelDest { service: *key, dest: *dest });
+        } else if d.weight != 0 {
+            ops.push(Op::UpdateDest { service: *key, dest: *dest, weight: 0 });
+        }
+    }
+}
+
+/// The real servers that are draining in `observed`: ours, unwanted, at weight 0.
+pub fn draining(desired: &Desired, observed: &Observed) -> Vec<(ServiceKey, SocketAddr)> {
+    let mut out = Vec::new();
+    for (key, want) in &desired.services {
+        if key.protocol == nodenet::Protocol::Udp {
+            continue;
+        }
+        if let Some(have) = observed.services.get(key) {
+            for (dest, d) in &have.dests {
+                if d.weight == 0 && !want.endpoints.contains(dest) {
+                    out.push((*key, *dest));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DesiredService, LoopbackEntry, ObservedDest};
+    use nodenet::Protocol::{Tcp, Udp};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn key(addr: &str, protocol: nodenet::Protocol, port: u16) -> ServiceKey {
+        ServiceKey { addr: addr.parse().unwrap(), protocol, port }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn vs(k: ServiceKey, scheduler: &str, persistence: Option<u32>) -> VirtualService {
+        VirtualService { key: k, scheduler: scheduler.into(), persistence }
+    }
+
+    fn desired(services: &[(ServiceKey, &str, &[&str])]) -> Desired {
+        let mut d = Desired::default();
+        for (k, sched, eps) in services {
+            let endpoints: BTreeSet<SocketAddr> = eps.iter().map(|e| sa(e)).collect();
+            for e in &endpoints {
+                d.loopback.insert(LoopbackEntry::for_endpoint(*e, k.protocol));
+            }
+            d.services.insert(
+                *k,
+                DesiredService { service: vs(*k, sched, None), endpoints, origin: "t".into() },
+            );
+        }
+        d
+    }
+
+    /// The kernel exactly as `d` wants it (VIPs on the dummy, weights 1, set filled).
+    fn in_sync(d: &Desired) -> Observed {
+        let mut o = Observed { addresses: d.vips(), loopback: d.loopback.clone(), ..Default::default() };
+        for (k, s) in &d.services {
+            let dests = s.endpoints.iter().map(|e| (*e, ObservedDest::new(1))).collect();
+            o.services.insert(*k, ObservedService { service: s.service.clone(), dests });
+        }
+        o
+    }
+
+    fn never(_: &ServiceKey, _: &SocketAddr) -> bool {
+        false
+    }
+
+    fn lb(ep: &str, p: nodenet::Protocol) -> LoopbackEntry {
+        LoopbackEntry::for_endpoint(sa(ep), p)
+    }
+
+    const VIP: &str = "10.100.100.100";
+
+    #[test]
+    fn scenario_from_empty_adds_address_service_dests_and_loopback_in_order() {
+        let k = key(VIP, Tcp, 8080);
+        let d = desired(&[(k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080"])]);
+        let ops = plan(&d, &Observed::default(), &never);
+        assert_eq!(
+            ops,
+            vec![
+                Op::AddAddress(VIP.parse().unwrap()),
+                Op::AddService(vs(k, "rr", None)),
+                Op::AddDest { service: k, dest: sa("10.0.0.11:8080"), weight: 1 },
+                Op::AddDest { service: k, dest: sa("10.0.0.21:8080"), weight: 1 },
+                Op::AddLoopback(lb("10.0.0.11:8080", Tcp)),
+                Op::AddLoopback(lb("10.0.0.21:8080", Tcp)),
+            ]
+        );
+    }
+
+    #[test]
+    fn converged_state_needs_no_operations() {
+        let d = desired(&[
+            (key(VIP, Tcp, 8080), "rr", &["10.0.0.11:8080", "10.0.0.21:8080"]),
+            (key(VIP, Udp, 53), "wrr", &["10.0.0.11:53"]),
+        ]);
+        assert_eq!(plan(&d, &in_sync(&d), &never), vec![]);
+    }
+
+    #[test]
+    fn adding_an_endpoint_touches_only_that_endpoint() {
+        let k = key(VIP, Tcp, 8080);
+        let before = desired(&[(k, "rr", &["10.0.0.11:8080"]), (key("10.100.0.2", Tcp, 80), "rr", &["10.0.0.5:80"])]);
+        let after = desired(&[
+            (k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080"]),
+            (key("10.100.0.2", Tcp, 80), "rr", &["10.0.0.5:80"]),
+        ]);
+        assert_eq!(
+            plan(&after, &in_sync(&before), &never),
+            vec![
+                Op::AddDest { service: k, dest: sa("10.0.0.21:8080"), weight: 1 },
+                Op::AddLoopback(lb("10.0.0.21:8080", Tcp)),
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_a_tcp_endpoint_drains_it_at_weight_zero_first() {
+        let k = key(VIP, Tcp, 8080);
+        let before = desired(&[(k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080"])]);
+        let after = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
+        assert_eq!(
+            plan(&after, &in_sync(&before), &never),
+            vec![
+                Op::UpdateDest { service: k, dest: sa("10.0.0.21:8080"), weight: 0 },
+                Op::DelLoopback(lb("10.0.0.21:8080", Tcp)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_draining_tcp_endpoint_is_deleted_when_idle_or_expired() {
+        let k = key(VIP, Tcp, 8080);
+        let gone = sa("10.0.0.21:8080");
+        let before = desired(&[(k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080"])]);
+        let after = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
+        let mut o = in_sync(&before);
+        o.loopback = after.loopback.clone();
+        let d = o.services.get_mut(&k).unwrap().dests.get_mut(&gone).unwrap();
+        d.weight = 0;
+        d.active_conns = 2;
+        d.inactive_conns = 1;
+        assert_eq!(plan(&after, &o, &never), vec![], "connections left, not expired");
+        assert_eq!(
+            plan(&after, &o, &|s, d| *s == k && *d == gone),
+            vec![Op::DelDest { service: k, dest: gone }],
+            "grace period over"
+        );
+        let d = o.services.get_mut(&k).unwrap().dests.get_mut(&gone).unwrap();
+        d.active_conns = 0;
+        d.inactive_conns = 0;
+        assert_eq!(plan(&after, &o, &never), vec![Op::DelDest { service: k, dest: gone }], "idle");
+        assert_eq!(draining(&after, &o), vec![(k, gone)]);
+    }
+
+    #[test]
+    fn removing_a_udp_endpoint_deletes_it_at_once() {
+        let k = key(VIP, Udp, 53);
+        let before = desired(&[(k, "rr", &["10.0.0.11:53", "10.0.0.21:53"])]);
+        let after = desired(&[(k, "rr", &["10.0.0.11:53"])]);
+        let mut o = in_sync(&before);
+        o.services.get_mut(&k).unwrap().dests.get_mut(&sa("10.0.0.21:53")).unwrap().active_conns = 5;
+        assert_eq!(
+            plan(&after, &o, &never),
+            vec![
+                Op::DelDest { service: k, dest: sa("10.0.0.21:53") },
+                Op::DelLoopback(lb("10.0.0.21:53", Udp)),
+            ]
+        );
+        assert_eq!(draining(&after, &o), vec![]);
+    }
+
+    #[test]
+    fn scheduler_and_affinity_changes_update_the_service_in_place() {
+        let k = key(VIP, Tcp, 8080);
+        let before = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
+        let mut after = desired(&[(k, "wlc", &["10.0.0.11:8080"])]);
+        assert_eq!(plan(&after, &in_sync(&before), &never), vec![Op::UpdateService(vs(k, "wlc", None))]);
+        after.services.get_mut(&k).unwrap().service.persistence = Some(10800);
+        assert_eq!(
+            plan(&after, &in_sync(&before), &never),
+            vec![Op::UpdateService(vs(k, "wlc", Some(10800)))]
+        );
+    }
+
+    #[test]
+    fn adoption_keeps_matching_state_and_repairs_weights_and_forwarding() {
+        let k = key(VIP, Tcp, 8080);
+        let d = desired(&[(k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080", "10.0.0.31:8080"])]);
+        let mut o = in_sync(&d);
+        let dests = &mut o.services.get_mut(&k).unwrap().dests;
+        dests.get_mut(&sa("10.0.0.11:8080")).unwrap().active_conns = 7;
+        dests.get_mut(&sa("10.0.0.21:8080")).unwrap().weight = 0;
+        dests.get_mut(&sa("10.0.0.31:8080")).unwrap().masquerade = false;
+        assert_eq!(
+            plan(&d, &o, &never),
+            vec![
+                Op::UpdateDest { service: k, dest: sa("10.0.0.21:8080"), weight: 1 },
+                Op::UpdateDest { service: k, dest: sa("10.0.0.31:8080"), weight: 1 },
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_services_sets_entries_and_addresses_are_untouched() {
+        let ours = key(VIP, Tcp, 8080);
+        let d = desired(&[(ours, "rr", &["10.0.0.11:8080"])]);
+        let mut o = in_sync(&d);
+        let foreign = key("192.168.1.10", Tcp, 80);
+        o.services.insert(
+            foreign,
+            ObservedService {
+                service: vs(foreign, "wlc", None),
+                dests: BTreeMap::from([(sa("192.168.1.20:80"), ObservedDest::new(3))]),
+            },
+        );
+        assert_eq!(plan(&d, &o, &never), vec![]);
+        // Even with no desired services at all, only our own state goes.
+        assert_eq!(
+            plan(&Desired::default(), &o, &never),
+            vec![
+                Op::DelService(ours),
+                Op::DelLoopback(lb("10.0.0.11:8080", Tcp)),
+                Op::DelAddress(VIP.parse().unwrap()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_service_at_a_claimed_vip_is_adopted_not_recreated() {
+        let k = key(VIP, Tcp, 8080);
+        let d = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
+        let mut o = in_sync(&d);
+        o.addresses.clear();
+        o.services.get_mut(&k).unwrap().service.scheduler = "wlc".into();
+        assert_eq!(
+            plan(&d, &o, &never),
+            vec![Op::AddAddress(VIP.parse().unwrap()), Op::UpdateService(vs(k, "rr", None))]
+        );
+    }
+
+    #[test]
+    fn removing_one_port_keeps_the_vip_for_the_other() {
+        let tcp = key(VIP, Tcp, 8080);
+        let udp = key(VIP, Udp, 8080);
+        let before = desired(&[(tcp, "rr", &["10.0.0.11:8080"]), (udp, "rr", &["10.0.0.11:8080"])]);
+        let after = desired(&[(tcp, "rr", &["10.0.0.11:8080"])]);
+        assert_eq!(
+            plan(&after, &in_sync(&before), &never),
+            vec![Op::DelService(udp), Op::DelLoopback(lb("10.0.0.11:8080", Udp))]
+        );
+    }
+
+    #[test]
+    fn drift_is_repaired_and_stray_set_entries_removed() {
+        let k = key(VIP, Tcp, 8080);
+        let d = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
+        let mut o = in_sync(&d);
+        o.services.clear();
+        let stray = LoopbackEntry { ip2: "10.0.0.99".parse().unwrap(), ..lb("10.0.0.11:8080", Tcp) };
+        o.loopback.insert(stray);
+        assert_eq!(
+            plan(&d, &o, &never),
+            vec![
+                Op::AddService(vs(k, "rr", None)),
+                Op::AddDest { service: k, dest: sa("10.0.0.11:8080"), weight: 1 },
+                Op::DelLoopback(stray),
+            ]
+        );
+    }
+}

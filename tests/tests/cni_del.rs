@@ -1,0 +1,229 @@
+//! DEL (idempotent, without netns, without prevResult), rollback of failed ADDs, and parallel
+//! ADD/DEL on one network.
+
+use std::collections::BTreeSet;
+
+use node_tests::cni::{with_prev_result, AddResult, Flavor, Node, Pod};
+use node_tests::observe;
+use serde_json::{json, Value};
+
+const NET: &str = "podnet";
+const SUBNET: &str = "10.0.0.0/24";
+
+fn config(f: &Flavor, node: &Node) -> Value {
+    let mut c = f.config(node, "1.0.0", NET, SUBNET);
+    c["ipMasq"] = json!(true);
+    c["hairpinMode"] = json!(true);
+    c
+}
+
+/// Members of the network's masquerade set (the only `CNIB-` set on the node).
+fn set_members(node: &Node) -> BTreeSet<String> {
+    let sets: Vec<String> = observe::ipset_names(&node.ns)
+        .into_iter()
+        .filter(|s| s.starts_with("CNIB-"))
+        .collect();
+    assert_eq!(sets.len(), 1, "one masquerade set: {sets:?}");
+    observe::ipset_members(&node.ns, &sets[0])
+}
+
+/// After DEL: no IP reservation, set entry, host veth, pod interface or record is left.
+fn assert_released(node: &Node, pod: Option<&Pod>, r: &AddResult) {
+    let ip = r.ip_addr().to_string();
+    let reservations = node.reservations(NET);
+    assert!(!reservations.contains_key(&ip), "IP still reserved: {reservations:?}");
+    assert!(!set_members(node).contains(&ip), "IP still in the masquerade set");
+    let veth = r.host_veth_name();
+    assert!(observe::link(&node.ns, &veth).is_none(), "host veth {veth} left behind");
+    if let Some(pod) = pod {
+        assert!(observe::link(&pod.ns, "eth0").is_none(), "pod eth0 left behind");
+    }
+    let records = node.records(NET);
+    assert!(records.is_empty(), "attachment record left behind: {records:?}");
+}
+
+fn add(f: &Flavor, node: &Node, config: &Value, pod: &Pod) -> (Value, AddResult) {
+    let result = node.add(&f.plugin, config, pod).success();
+    let r = AddResult::parse(&result, "cnib0");
+    (result, r)
+}
+
+/// containerd's CRI: DEL with netns and prevResult, then again with neither.
+#[test]
+fn del_twice_as_cri_sends_it() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("del2-node");
+    let pod = node.pod("del2-pod");
+    let config = config(&f, &node);
+    let (result, r) = add(&f, &node, &config, &pod);
+    node.del(&f.plugin, &with_prev_result(&config, &result), &pod)
+        .success_empty();
+    assert_released(&node, Some(&pod), &r);
+    node.invoke(&f.plugin, "DEL")
+        .container_id(&pod.id)
+        .netns("")
+        .ifname("eth0")
+        .config(&config)
+        .run()
+        .success_empty();
+    assert_released(&node, Some(&pod), &r);
+}
+
+#[test]
+fn del_after_the_netns_is_gone() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("delgone-node");
+    let mut pod = node.pod("delgone-pod");
+    let config = config(&f, &node);
+    let (result, r) = add(&f, &node, &config, &pod);
+    pod.ns.delete();
+    node.del(&f.plugin, &with_prev_result(&config, &result), &pod)
+        .success_empty();
+    assert_released(&node, None, &r);
+}
+
+#[test]
+fn del_with_empty_netns_first() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("delempty-node");
+    let pod = node.pod("delempty-pod");
+    let config = config(&f, &node);
+    let (_, r) = add(&f, &node, &config, &pod);
+    node.invoke(&f.plugin, "DEL")
+        .container_id(&pod.id)
+        .netns("")
+        .ifname("eth0")
+        .config(&config)
+        .run()
+        .success_empty();
+    assert_released(&node, Some(&pod), &r);
+}
+
+#[test]
+fn del_without_prev_result() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("delnoprev-node");
+    let pod = node.pod("delnoprev-pod");
+    let config = config(&f, &node);
+    let (_, r) = add(&f, &node, &config, &pod);
+    node.del(&f.plugin, &config, &pod).success_empty();
+    assert_released(&node, Some(&pod), &r);
+}
+
+/// DEL of a container that never was ADDed succeeds and changes nothing.
+#[test]
+fn del_of_an_unknown_container_is_a_no_op() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("delnone-node");
+    let pod = node.pod("delnone-pod");
+    let config = config(&f, &node);
+    add(&f, &node, &config, &pod);
+    let stranger = node.pod("delnone-x");
+    let before = node.state();
+    node.del(&f.plugin, &config, &stranger).success_empty();
+    assert_eq!(node.state(), before);
+}
+
+/// Only the DELed attachment goes; its neighbours keep IP, set entry, veth and record.
+#[test]
+fn del_leaves_other_pods_alone() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("delone-node");
+    let config = config(&f, &node);
+    let a = node.pod("delone-a");
+    let b = node.pod("delone-b");
+    let (_, ra) = add(&f, &node, &config, &a);
+    let (_, rb) = add(&f, &node, &config, &b);
+    node.del(&f.plugin, &config, &a).success_empty();
+    let ip_b = rb.ip_addr().to_string();
+    assert!(node.reservations(NET).contains_key(&ip_b));
+    assert_eq!(set_members(&node), [ip_b].into_iter().collect());
+    assert!(observe::link(&node.ns, &rb.host_veth_name()).is_some());
+    assert!(observe::link(&node.ns, &ra.host_veth_name()).is_none());
+    assert_eq!(node.records(NET).len(), 1);
+    assert_eq!(observe::addresses_of(&b.ns, "eth0"), [rb.address()]);
+}
+
+/// An exhausted range fails the ADD with nothing left behind (no veth, no record, no entry).
+#[test]
+fn failed_add_on_exhausted_range_rolls_back() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("exh-node");
+    let mut config = config(&f, &node);
+    config["ipam"]["rangeStart"] = json!("10.0.0.2");
+    config["ipam"]["rangeEnd"] = json!("10.0.0.2");
+    let a = node.pod("exh-a");
+    add(&f, &node, &config, &a);
+    let b = node.pod("exh-b");
+    let before = node.state();
+    let pod_before = observe::links(&b.ns);
+    node.add(&f.plugin, &config, &b).error();
+    assert_eq!(node.state(), before, "failed ADD must roll back on the node");
+    assert_eq!(observe::links(&b.ns), pod_before, "failed ADD must roll back in the pod");
+}
+
+/// A delegated IPAM plugin that fails (here: not on CNI_PATH) leaves nothing behind.
+#[test]
+fn failed_delegated_ipam_rolls_back() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("ipamfail-node");
+    let config = config(&f, &node);
+    let a = node.pod("ipamfail-a");
+    add(&f, &node, &config, &a);
+    let mut broken = config.clone();
+    broken["ipam"]["type"] = json!("no-such-ipam-plugin");
+    let b = node.pod("ipamfail-b");
+    let before = node.state();
+    let pod_before = observe::links(&b.ns);
+    node.add(&f.plugin, &broken, &b).error();
+    assert_eq!(node.state(), before, "failed ADD must roll back on the node");
+    assert_eq!(observe::links(&b.ns), pod_before, "failed ADD must roll back in the pod");
+}
+
+/// 50 ADDs racing on one fresh network (also racing to create the bridge): all succeed with 50
+/// distinct IPs; 50 racing DELs then leave a clean node.
+#[test]
+fn fifty_parallel_adds_then_dels() {
+    const N: usize = 50;
+    let f = Flavor::cni_bridge();
+    let node = Node::new("par-node");
+    let config = config(&f, &node);
+    let pods: Vec<Pod> = (0..N).map(|_| node.pod("par")).collect();
+
+    let results: Vec<AddResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|pod| {
+                let (f, node, config) = (&f, &node, &config);
+                s.spawn(move || add(f, node, config, pod).1)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    let ips: BTreeSet<String> = results.iter().map(|r| r.ip_addr().to_string()).collect();
+    assert_eq!(ips.len(), N, "IPs handed out twice");
+    let reserved: BTreeSet<String> = node.reservations(NET).into_keys().collect();
+    assert_eq!(reserved, ips, "reservations = result IPs");
+    assert_eq!(set_members(&node), ips, "set = result IPs");
+    assert_eq!(observe::bridge_ports(&node.ns, "cnib0").len(), N);
+    assert_eq!(node.records(NET).len(), N);
+    for (pod, r) in pods.iter().zip(&results) {
+        assert_eq!(observe::addresses_of(&pod.ns, "eth0"), [r.address()]);
+    }
+
+    std::thread::scope(|s| {
+        for pod in &pods {
+            let (f, node, config) = (&f, &node, &config);
+            s.spawn(move || node.del(&f.plugin, config, pod).success_empty());
+        }
+    });
+
+    assert!(observe::veths(&node.ns).is_empty(), "veths left on the node");
+    assert!(node.reservations(NET).is_empty(), "reservations left");
+    assert!(set_members(&node).is_empty(), "set entries left");
+    assert!(node.records(NET).is_empty(), "records left");
+    for pod in &pods {
+        assert!(observe::link(&pod.ns, "eth0").is_none());
+    }
+}

@@ -1,0 +1,85 @@
+# shellcheck shell=bash
+# Helpers shared by the VM scenario scripts: PASS/FAIL reporting, namespaces, pod HTTP servers.
+# Every check prints one line starting with PASS or FAIL (scripts/test.sh counts them).
+
+checks_failed=0
+
+# Announces a step, with the seconds since the script started (where a slow run spends its time).
+section() { echo "== [${SECONDS}s] $*"; }
+
+pass() { echo "PASS $*"; }
+fail() {
+	echo "FAIL $*"
+	checks_failed=$((checks_failed + 1))
+}
+
+# expect NAME EXPECTED ACTUAL: PASS when equal, FAIL naming both otherwise.
+expect() {
+	if [ "$2" = "$3" ]; then pass "$1"; else fail "$1: expected '$2', got '$3'"; fi
+}
+
+# check NAME CMD...: PASS when CMD succeeds; FAIL with its output otherwise.
+check() {
+	local name=$1 out
+	shift
+	if out=$("$@" 2>&1); then pass "$name"; else fail "$name: '$*' failed: $(echo "$out" | tail -n 3 | tr '\n' ' ')"; fi
+}
+
+# check_fails NAME CMD...: PASS when CMD fails (a step the article shows failing before its fix).
+check_fails() {
+	local name=$1
+	shift
+	if "$@" >/dev/null 2>&1; then fail "$name: '$*' succeeded"; else pass "$name"; fi
+}
+
+# Prints how many checks failed and exits non-zero if any did.
+finish() {
+	if [ "$checks_failed" = 0 ]; then
+		echo "all checks passed"
+		exit 0
+	fi
+	echo "$checks_failed check(s) failed"
+	exit 1
+}
+
+require_root() {
+	[ "$(id -u)" = 0 ] || {
+		echo "FAIL $0 must run as root (network namespaces, IPVS)"
+		exit 1
+	}
+}
+
+# Runs a command in a named network namespace.
+in_ns() {
+	local ns=$1
+	shift
+	ip netns exec "$ns" "$@"
+}
+
+# http_get NETNS URL: the body of one request from NETNS, or failure; bounded so a black hole
+# cannot hang the run.
+http_get() {
+	in_ns "$1" curl -sS --fail --connect-timeout 5 --max-time 10 "$2"
+}
+
+# start_pod_server NETNS NAME DIR: serves DIR/index.html (containing NAME) on :8080 in NETNS;
+# prints the server's PID. Python's start-up takes seconds under TCG: callers wait_http afterwards.
+start_pod_server() {
+	local ns=$1 name=$2 dir=$3
+	mkdir -p "$dir"
+	echo "$name" >"$dir/index.html"
+	in_ns "$ns" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$dir" >"$dir/server.log" 2>&1 &
+	echo $!
+}
+
+# wait_http NETNS URL EXPECTED: waits (up to 120 s) until URL answers EXPECTED from NETNS. Readiness,
+# not a timed assertion: it only bounds how long a server that never starts can stall the run.
+wait_http() {
+	local i body
+	for ((i = 0; i < 600; i++)); do
+		body=$(in_ns "$1" curl -s --connect-timeout 1 --max-time 2 "$2" 2>/dev/null) && [ "$body" = "$3" ] && return 0
+		sleep 0.2
+	done
+	echo "wait_http: $2 from $1 never answered '$3' (last: '$body')" >&2
+	return 1
+}
