@@ -59,17 +59,6 @@ impl CniError {
         }
     }
 
-    pub fn with_details(mut self, details: impl Into<String>) -> CniError {
-        self.details = details.into();
-        self
-    }
-
-    /// Prefixes the message with what was being done.
-    pub fn context(mut self, what: &str) -> CniError {
-        self.msg = format!("{what}: {}", self.msg);
-        self
-    }
-
     /// The JSON object printed on stdout.
     pub fn to_json(&self, cni_version: &str) -> String {
         let mut v = serde_json::to_value(self).expect("error serializes");
@@ -125,7 +114,8 @@ mod tests {
 
     #[test]
     fn error_json_has_spec_fields() {
-        let e = CniError::new(code::INVALID_CONFIG, "bad subnet").with_details("x");
+        let mut e = CniError::new(code::INVALID_CONFIG, "bad subnet");
+        e.details = "x".into();
         let v: serde_json::Value = serde_json::from_str(&e.to_json("1.1.0")).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");
         assert_eq!(v["code"], 7);

@@ -199,6 +199,8 @@ pub struct VethSpec<'a> {
     pub mac: Option<[u8; 6]>,
     /// MTU of both ends (`0`: kernel default).
     pub mtu: u32,
+    /// Transmit queue length of both ends (`txqueuelen`); `None`: kernel default (1000).
+    pub txqlen: Option<u32>,
     /// Bridge the local end is enslaved to at creation (`master`).
     pub master: Option<u32>,
     /// Name of the end created in `peer_netns`.
@@ -370,20 +372,23 @@ impl Rtnl {
         Ok((link, created))
     }
 
-    /// Creates a veth pair with both ends up, the local end optionally on a bridge and the
-    /// peer directly in another namespace, in one request (`ip link add NAME [address MAC]
-    /// [mtu M] [master BR] up type veth peer name PEER netns NS [address MAC] [mtu M]`).
-    /// An existing link named like either end fails with errno `EEXIST`.
+    /// Creates a veth pair with the local end up, optionally on a bridge, and the peer
+    /// directly in another namespace, in one request (`ip link add NAME [address MAC] [mtu M]
+    /// [master BR] up type veth peer name PEER netns NS [address MAC] [mtu M]`). The peer
+    /// stays down (the kernel cannot open it before the pair is linked): set it up from a
+    /// socket in its namespace. An existing link named like either end fails with `EEXIST`.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<()> {
         let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(spec.peer_name.clone())
-            .setns_by_fd(spec.peer_netns.raw_fd())
-            .up();
+            .setns_by_fd(spec.peer_netns.raw_fd());
         if spec.mtu != 0 {
             peer = peer.mtu(spec.mtu);
         }
         if let Some(mac) = spec.peer_mac {
             peer = peer.address(mac.to_vec());
+        }
+        if let Some(q) = spec.txqlen {
+            peer = peer.txqueuelen(q);
         }
         let mut local = LinkVeth::new(&spec.name, &spec.peer_name)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
@@ -396,6 +401,9 @@ impl Rtnl {
         }
         if let Some(master) = spec.master {
             local = local.controller(master);
+        }
+        if let Some(q) = spec.txqlen {
+            local = local.txqueuelen(q);
         }
         self.handle
             .link()

@@ -288,6 +288,11 @@ pub struct Attr<'a> {
 }
 
 impl<'a> Attr<'a> {
+    /// The payload as exactly `N` bytes.
+    pub fn bytes<const N: usize>(&self) -> Result<[u8; N], Error> {
+        self.fixed("fixed-size value")
+    }
+
     fn fixed<const N: usize>(&self, what: &str) -> Result<[u8; N], Error> {
         self.payload.try_into().map_err(|_| {
             Error::Malformed(format!(

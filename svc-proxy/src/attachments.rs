@@ -57,7 +57,10 @@ pub fn parse(text: &str) -> Result<Option<Pod>, String> {
     let mut addresses = Vec::new();
     for ip in &r.ips {
         let addr = ip.split('/').next().unwrap_or_default();
-        addresses.push(addr.parse().map_err(|_| format!("ips: {ip:?} is not an address"))?);
+        addresses.push(
+            addr.parse()
+                .map_err(|_| format!("ips: {ip:?} is not an address"))?,
+        );
     }
     Ok(Some(Pod {
         namespace: r.pod_namespace.unwrap_or_else(|| "default".to_string()),
@@ -93,7 +96,12 @@ pub fn list(state_dir: &Path) -> Vec<PathBuf> {
     };
     for net in networks.flatten() {
         if let Ok(files) = std::fs::read_dir(net.path()) {
-            out.extend(files.flatten().map(|f| f.path()).filter(|p| is_record_name(p)));
+            out.extend(
+                files
+                    .flatten()
+                    .map(|f| f.path())
+                    .filter(|p| is_record_name(p)),
+            );
         }
     }
     out.sort();
@@ -114,14 +122,26 @@ mod tests {
         let sel = BTreeMap::from([("component".to_string(), "app".to_string())]);
         assert!(pod.matches("default", &sel));
         assert!(!pod.matches("prod", &sel));
-        assert!(!pod.matches("default", &BTreeMap::from([("component".to_string(), "db".to_string())])));
+        assert!(!pod.matches(
+            "default",
+            &BTreeMap::from([("component".to_string(), "db".to_string())])
+        ));
     }
 
     #[test]
     fn adding_records_and_bad_records_do_not_count() {
-        assert_eq!(parse(r#"{"version":1,"phase":"adding","ips":["10.0.0.11/24"]}"#), Ok(None));
-        assert_eq!(parse(r#"{"version":2,"phase":"ready"}"#), Err("unsupported record version 2".into()));
-        assert_eq!(parse(r#"{"version":1,"phase":"ready","ips":["x/24"]}"#), Err("ips: \"x/24\" is not an address".into()));
+        assert_eq!(
+            parse(r#"{"version":1,"phase":"adding","ips":["10.0.0.11/24"]}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            parse(r#"{"version":2,"phase":"ready"}"#),
+            Err("unsupported record version 2".into())
+        );
+        assert_eq!(
+            parse(r#"{"version":1,"phase":"ready","ips":["x/24"]}"#),
+            Err("ips: \"x/24\" is not an address".into())
+        );
         assert!(is_record_name(Path::new("/s/home/c1.eth0.json")));
         assert!(!is_record_name(Path::new("/s/home/.c1.eth0.json.tmp")));
         assert!(!is_record_name(Path::new("/s/home/lock")));

@@ -4,9 +4,9 @@
 
 use crate::dataplane::Dataplane;
 use crate::metrics::Metrics;
-use crate::sources::Sources;
 use crate::model::{Desired, Observed, ServiceKey};
 use crate::plan::{self, Op, Scope};
+use crate::sources::Sources;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,7 +159,8 @@ impl<D: Dataplane> Controller<D> {
     fn rebuild(&mut self) {
         self.count_manifest_errors();
         self.desired = self.sources.rebuild(&self.cfg.scheduler);
-        self.metrics.desired(self.desired.services.len(), self.desired.endpoint_count());
+        self.metrics
+            .desired(self.desired.services.len(), self.desired.endpoint_count());
     }
 
     fn in_backoff(&self, scope: &Scope, now: Instant) -> bool {
@@ -191,10 +192,16 @@ impl<D: Dataplane> Controller<D> {
                 }
             }
         }
-        let Some(observed) = self.observed.as_mut() else { return };
+        let Some(observed) = self.observed.as_mut() else {
+            return;
+        };
 
         for key in std::mem::take(&mut self.stale) {
-            if self.backoff.get(&Scope::Service(key)).is_some_and(|b| b.until > now) {
+            if self
+                .backoff
+                .get(&Scope::Service(key))
+                .is_some_and(|b| b.until > now)
+            {
                 self.stale.insert(key);
                 continue;
             }
@@ -217,7 +224,9 @@ impl<D: Dataplane> Controller<D> {
         let timeout = self.cfg.graceful_timeout;
         let since = &self.drain_since;
         let expired = |k: &ServiceKey, d: &SocketAddr| {
-            since.get(&(*k, *d)).is_some_and(|t| now.saturating_duration_since(*t) >= timeout)
+            since
+                .get(&(*k, *d))
+                .is_some_and(|t| now.saturating_duration_since(*t) >= timeout)
         };
         let ops: Vec<Op> = plan::plan(&self.desired, observed, &expired)
             .into_iter()
@@ -245,31 +254,44 @@ impl<D: Dataplane> Controller<D> {
                             None => log::info!("{op}"),
                         }
                     }
-                    Err(e) => {
+                    // Later operations of a failed scope usually fail for the same reason.
+                    Err(e) if failed.insert(scope) => {
                         log::error!("{e}");
                         self.metrics.error("kernel");
                         self.errors += 1;
-                        failed.insert(scope);
                     }
+                    Err(e) => log::debug!("{e}"),
                 }
             }
         }
         for scope in &failed {
-            let delay = self.backoff.get(scope).map_or(MIN_BACKOFF, |b| (b.delay * 2).min(MAX_BACKOFF));
+            let delay = self
+                .backoff
+                .get(scope)
+                .map_or(MIN_BACKOFF, |b| (b.delay * 2).min(MAX_BACKOFF));
             log::warn!("{scope}: retrying in {}s", delay.as_secs());
-            self.backoff.insert(*scope, Backoff { until: now + delay, delay });
+            self.backoff.insert(
+                *scope,
+                Backoff {
+                    until: now + delay,
+                    delay,
+                },
+            );
             if let Scope::Service(k) = scope {
                 self.stale.insert(*k);
             }
         }
-        self.backoff.retain(|s, b| failed.contains(s) || (!touched.contains(s) && b.until > now));
+        self.backoff
+            .retain(|s, b| failed.contains(s) || (!touched.contains(s) && b.until > now));
         self.track_drains(now);
         self.metrics.sync_done(started.elapsed());
     }
 
     /// Starts the grace timer of real servers newly found draining; forgets finished drains.
     fn track_drains(&mut self, now: Instant) {
-        let Some(observed) = &self.observed else { return };
+        let Some(observed) = &self.observed else {
+            return;
+        };
         let draining = plan::draining(&self.desired, observed);
         let draining: BTreeSet<_> = draining.into_iter().collect();
         self.drain_since.retain(|k, _| draining.contains(k));
@@ -332,5 +354,472 @@ pub fn check(cfg: &Config) -> CheckReport {
     let mut sources = Sources::new(cfg.manifests.clone(), cfg.attachments.clone());
     sources.rescan();
     let desired = sources.rebuild(&cfg.scheduler);
-    CheckReport { listing: crate::sources::listing(&desired), errors: sources.errors }
+    CheckReport {
+        listing: crate::sources::listing(&desired),
+        errors: sources.errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fake::Recording;
+    use crate::model::{LoopbackEntry, ObservedDest, ObservedService, VirtualService};
+    use nodenet::Protocol::{Tcp, Udp};
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A scratch directory removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "svc-proxy-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            std::fs::create_dir_all(p.join("manifests")).unwrap();
+            std::fs::create_dir_all(p.join("state/home")).unwrap();
+            Scratch(p)
+        }
+
+        fn write(&self, rel: &str, text: &str) -> PathBuf {
+            let p = self.0.join(rel);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+
+        fn record(&self, id: &str, ip: &str, phase: &str) -> PathBuf {
+            self.write(
+                &format!("state/home/{id}.eth0.json"),
+                &format!(
+                    r#"{{"version":1,"network":"home","containerId":"{id}","ifname":"eth0","phase":"{phase}","ips":["{ip}/24"],"labels":{{"component":"app"}}}}"#
+                ),
+            )
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const SCENARIO: &str = include_str!("../../conf/services/app-service.yaml");
+    const RESYNC: Duration = Duration::from_secs(30);
+    const GRACE: Duration = Duration::from_secs(60);
+
+    fn controller(s: &Scratch, kernel: Recording, now: Instant) -> Controller<Recording> {
+        let cfg = Config {
+            manifests: vec![s.0.join("manifests")],
+            attachments: s.0.join("state"),
+            scheduler: "rr".into(),
+            resync: RESYNC,
+            graceful_timeout: GRACE,
+        };
+        Controller::new(cfg, kernel, Arc::new(Metrics::default()), now)
+    }
+
+    fn key(addr: &str, protocol: nodenet::Protocol, port: u16) -> ServiceKey {
+        ServiceKey {
+            addr: addr.parse().unwrap(),
+            protocol,
+            port,
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn app() -> ServiceKey {
+        key("10.100.100.100", Tcp, 8080)
+    }
+
+    fn weights(c: &Controller<Recording>, k: &ServiceKey) -> Vec<(String, u32)> {
+        c.dp.state.services[k]
+            .dests
+            .iter()
+            .map(|(a, d)| (a.to_string(), d.weight))
+            .collect()
+    }
+
+    fn changed(c: &mut Controller<Recording>, paths: &[&Path], now: Instant) {
+        let set = paths.iter().map(|p| p.to_path_buf()).collect();
+        c.paths_changed(&set, now);
+    }
+
+    fn udp_service(ip: &str, port: u16, eps: &[&str]) -> String {
+        let mut y = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: u}}\nspec: {{clusterIP: {ip}, ports: [{{protocol: UDP, port: {port}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: u-1, labels: {{kubernetes.io/service-name: u}}}}\naddressType: IPv4\nports: [{{protocol: UDP, port: {port}}}]\nendpoints:\n"
+        );
+        for e in eps {
+            y.push_str(&format!("- addresses: [{e}]\n"));
+        }
+        y
+    }
+
+    #[test]
+    fn scenario_from_pods_is_programmed_and_follows_pod_add_and_del() {
+        let s = Scratch::new();
+        s.write("manifests/app-service.yaml", SCENARIO);
+        s.record("c1", "10.0.0.11", "ready");
+        s.record("c9", "10.0.0.99", "adding");
+        let t0 = Instant::now();
+        let mut c = controller(&s, Recording::default(), t0);
+        c.resync(t0);
+        let k = app();
+        assert_eq!(
+            c.dp.state.addresses,
+            BTreeSet::from(["10.100.100.100".parse().unwrap()])
+        );
+        assert_eq!(
+            c.dp.state.services[&k].service,
+            VirtualService {
+                key: k,
+                scheduler: "rr".into(),
+                persistence: None
+            }
+        );
+        assert_eq!(weights(&c, &k), vec![("10.0.0.11:8080".into(), 1)]);
+        c.dp.take();
+
+        let r2 = s.record("c2", "10.0.0.21", "ready");
+        changed(&mut c, &[&r2], t0);
+        assert_eq!(
+            c.dp.take(),
+            vec![
+                Op::AddDest {
+                    service: k,
+                    dest: sa("10.0.0.21:8080"),
+                    weight: 1
+                },
+                Op::AddLoopback(LoopbackEntry::for_endpoint(sa("10.0.0.21:8080"), Tcp)),
+            ]
+        );
+        assert_eq!(
+            c.dp.full_observes, 1,
+            "an event syncs against the cached kernel view"
+        );
+
+        std::fs::remove_file(&r2).unwrap();
+        changed(&mut c, &[&r2], t0);
+        assert_eq!(
+            c.dp.take(),
+            vec![
+                Op::UpdateDest {
+                    service: k,
+                    dest: sa("10.0.0.21:8080"),
+                    weight: 0
+                },
+                Op::DelLoopback(LoopbackEntry::for_endpoint(sa("10.0.0.21:8080"), Tcp)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_state_then_a_fix_applies() {
+        let s = Scratch::new();
+        let f = s.write("manifests/app.yaml", SCENARIO);
+        s.record("c1", "10.0.0.11", "ready");
+        let t0 = Instant::now();
+        let mut c = controller(&s, Recording::default(), t0);
+        c.resync(t0);
+        c.dp.take();
+        let good = c.desired().clone();
+
+        s.write(
+            "manifests/app.yaml",
+            &SCENARIO.replace("port: 8080\n", "port: 80800\n"),
+        );
+        changed(&mut c, &[&f], t0);
+        assert_eq!(
+            c.dp.take(),
+            vec![],
+            "nothing from the broken file is applied"
+        );
+        assert_eq!(c.desired(), &good);
+        assert_eq!(c.errors(), 1);
+
+        // Another file still applies while this one is broken; a resync does not re-report it.
+        let u = s.write(
+            "manifests/udp.yaml",
+            &udp_service("10.100.100.101", 53, &["10.0.0.11"]),
+        );
+        changed(&mut c, &[&u], t0);
+        assert!(c
+            .dp
+            .state
+            .services
+            .contains_key(&key("10.100.100.101", Udp, 53)));
+        c.dp.take();
+        c.tick(t0 + RESYNC);
+        assert_eq!(c.errors(), 1);
+        assert_eq!(c.dp.take(), vec![]);
+
+        s.write(
+            "manifests/app.yaml",
+            &SCENARIO.replace("targetPort: 8080", "targetPort: 9090"),
+        );
+        changed(&mut c, &[&f], t0 + RESYNC);
+        let ops = c.dp.take();
+        assert!(
+            ops.contains(&Op::AddDest {
+                service: app(),
+                dest: sa("10.0.0.11:9090"),
+                weight: 1
+            }),
+            "{ops:?}"
+        );
+        assert!(
+            ops.contains(&Op::UpdateDest {
+                service: app(),
+                dest: sa("10.0.0.11:8080"),
+                weight: 0
+            }),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn a_failing_service_backs_off_without_holding_back_the_others() {
+        let s = Scratch::new();
+        s.write("manifests/app.yaml", SCENARIO);
+        s.write(
+            "manifests/udp.yaml",
+            &udp_service("10.100.100.101", 53, &["10.0.0.5"]),
+        );
+        s.record("c1", "10.0.0.11", "ready");
+        let t0 = Instant::now();
+        let mut kernel = Recording::default();
+        kernel.fail.insert(Scope::Service(app()));
+        let mut c = controller(&s, kernel, t0);
+        c.resync(t0);
+        let udp = key("10.100.100.101", Udp, 53);
+        assert_eq!(
+            weights(&c, &udp),
+            vec![("10.0.0.5:53".into(), 1)],
+            "the healthy service is synced"
+        );
+        assert!(!c.dp.state.services.contains_key(&app()));
+        assert_eq!(c.errors(), 1);
+        assert_eq!(c.deadline(t0), t0 + MIN_BACKOFF);
+
+        c.dp.fail.clear();
+        c.dp.take();
+        c.tick(t0 + MIN_BACKOFF / 2);
+        assert_eq!(c.dp.take(), vec![], "still backing off");
+        c.tick(t0 + MIN_BACKOFF);
+        assert_eq!(
+            c.dp.service_observes,
+            vec![app()],
+            "re-read before retrying"
+        );
+        assert_eq!(weights(&c, &app()), vec![("10.0.0.11:8080".into(), 1)]);
+
+        // A failure that persists doubles the delay.
+        c.dp.fail.insert(Scope::Service(udp));
+        std::fs::write(
+            s.0.join("manifests/udp.yaml"),
+            udp_service("10.100.100.101", 53, &["10.0.0.6"]),
+        )
+        .unwrap();
+        let t1 = t0 + Duration::from_secs(2);
+        changed(&mut c, &[&s.0.join("manifests/udp.yaml")], t1);
+        assert_eq!(c.deadline(t1), t1 + MIN_BACKOFF);
+        c.tick(t1 + MIN_BACKOFF);
+        assert_eq!(c.deadline(t1 + MIN_BACKOFF), t1 + MIN_BACKOFF * 3);
+        assert_eq!(c.errors(), 3);
+    }
+
+    #[test]
+    fn tcp_removal_drains_at_weight_zero_then_deletes_udp_at_once() {
+        let s = Scratch::new();
+        s.write("manifests/app.yaml", SCENARIO);
+        s.write(
+            "manifests/udp.yaml",
+            &udp_service("10.100.100.101", 53, &["10.0.0.5", "10.0.0.6"]),
+        );
+        let r1 = s.record("c1", "10.0.0.11", "ready");
+        s.record("c2", "10.0.0.21", "ready");
+        let t0 = Instant::now();
+        let mut c = controller(&s, Recording::default(), t0);
+        c.resync(t0);
+        c.dp.set_conns(&app(), sa("10.0.0.11:8080"), 3);
+        c.dp.take();
+
+        std::fs::remove_file(&r1).unwrap();
+        changed(&mut c, &[&r1], t0);
+        assert_eq!(
+            weights(&c, &app()),
+            vec![("10.0.0.11:8080".into(), 0), ("10.0.0.21:8080".into(), 1)]
+        );
+        assert_eq!(c.deadline(t0), t0 + DRAIN_POLL);
+        c.tick(t0 + DRAIN_POLL);
+        assert_eq!(
+            weights(&c, &app()).len(),
+            2,
+            "connections left: still draining"
+        );
+        c.dp.set_conns(&app(), sa("10.0.0.11:8080"), 0);
+        c.tick(t0 + DRAIN_POLL * 2);
+        assert_eq!(
+            weights(&c, &app()),
+            vec![("10.0.0.21:8080".into(), 1)],
+            "idle: deleted"
+        );
+
+        let udp = key("10.100.100.101", Udp, 53);
+        c.dp.set_conns(&udp, sa("10.0.0.6:53"), 4);
+        c.dp.take();
+        let u = s.write(
+            "manifests/udp.yaml",
+            &udp_service("10.100.100.101", 53, &["10.0.0.5"]),
+        );
+        changed(&mut c, &[&u], t0 + DRAIN_POLL * 2);
+        assert!(c.dp.take().contains(&Op::DelDest {
+            service: udp,
+            dest: sa("10.0.0.6:53")
+        }));
+    }
+
+    #[test]
+    fn a_drain_with_connections_ends_at_the_graceful_timeout() {
+        let s = Scratch::new();
+        s.write("manifests/app.yaml", SCENARIO);
+        let r1 = s.record("c1", "10.0.0.11", "ready");
+        let t0 = Instant::now();
+        let mut c = controller(&s, Recording::default(), t0);
+        c.resync(t0);
+        c.dp.set_conns(&app(), sa("10.0.0.11:8080"), 3);
+        std::fs::remove_file(&r1).unwrap();
+        changed(&mut c, &[&r1], t0);
+        c.tick(t0 + GRACE - Duration::from_secs(1));
+        assert_eq!(weights(&c, &app()), vec![("10.0.0.11:8080".into(), 0)]);
+        c.tick(t0 + GRACE);
+        assert_eq!(weights(&c, &app()), vec![]);
+    }
+
+    #[test]
+    fn restart_adopts_kernel_state_and_repairs_only_what_differs() {
+        let s = Scratch::new();
+        s.write("manifests/app.yaml", SCENARIO);
+        s.record("c1", "10.0.0.11", "ready");
+        s.record("c2", "10.0.0.21", "ready");
+        let mut kernel = Recording::default();
+        let k = app();
+        kernel.state.addresses.insert(k.addr);
+        let mut d11 = ObservedDest::new(1);
+        d11.active_conns = 9;
+        let foreign = key("192.168.0.1", Tcp, 80);
+        kernel.state.services.insert(
+            k,
+            ObservedService {
+                service: VirtualService {
+                    key: k,
+                    scheduler: "rr".into(),
+                    persistence: None,
+                },
+                dests: BTreeMap::from([
+                    (sa("10.0.0.11:8080"), d11),
+                    (sa("10.0.0.21:8080"), ObservedDest::new(0)),
+                ]),
+            },
+        );
+        kernel.state.services.insert(
+            foreign,
+            ObservedService {
+                service: VirtualService {
+                    key: foreign,
+                    scheduler: "wlc".into(),
+                    persistence: None,
+                },
+                dests: BTreeMap::new(),
+            },
+        );
+        kernel
+            .state
+            .loopback
+            .insert(LoopbackEntry::for_endpoint(sa("10.0.0.11:8080"), Tcp));
+        kernel
+            .state
+            .loopback
+            .insert(LoopbackEntry::for_endpoint(sa("10.0.0.21:8080"), Tcp));
+        let t0 = Instant::now();
+        let mut c = controller(&s, kernel, t0);
+        c.resync(t0);
+        assert_eq!(
+            c.dp.take(),
+            vec![Op::UpdateDest { service: k, dest: sa("10.0.0.21:8080"), weight: 1 }],
+            "nothing flushed or recreated; the stuck weight is fixed; the foreign service untouched"
+        );
+        assert_eq!(
+            c.dp.state.services[&k].dests[&sa("10.0.0.11:8080")].active_conns,
+            9
+        );
+        assert!(c.dp.state.services.contains_key(&foreign));
+    }
+
+    #[test]
+    fn resync_repairs_drift() {
+        let s = Scratch::new();
+        s.write("manifests/app.yaml", SCENARIO);
+        s.record("c1", "10.0.0.11", "ready");
+        let t0 = Instant::now();
+        let mut c = controller(&s, Recording::default(), t0);
+        c.resync(t0);
+        c.dp.take();
+        c.dp.state.services.remove(&app());
+        c.dp.state.loopback.clear();
+        c.tick(t0 + RESYNC / 2);
+        assert_eq!(c.dp.take(), vec![], "between resyncs the cache is trusted");
+        assert_eq!(c.deadline(t0 + RESYNC / 2), t0 + RESYNC);
+        c.tick(t0 + RESYNC);
+        let ops = c.dp.take();
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert_eq!(weights(&c, &app()), vec![("10.0.0.11:8080".into(), 1)]);
+        assert_eq!(c.dp.state.loopback.len(), 1);
+        assert_eq!(c.dp.base_ensured, 2);
+    }
+
+    #[test]
+    fn removing_the_manifest_removes_only_our_state_and_cleanup_the_rest() {
+        let s = Scratch::new();
+        let f = s.write("manifests/app.yaml", SCENARIO);
+        s.record("c1", "10.0.0.11", "ready");
+        let t0 = Instant::now();
+        let mut c = controller(&s, Recording::default(), t0);
+        c.resync(t0);
+        c.dp.take();
+        std::fs::remove_file(&f).unwrap();
+        changed(&mut c, &[&f], t0);
+        assert_eq!(
+            c.dp.take(),
+            vec![
+                Op::DelService(app()),
+                Op::DelLoopback(LoopbackEntry::for_endpoint(sa("10.0.0.11:8080"), Tcp)),
+                Op::DelAddress(app().addr),
+            ]
+        );
+        c.cleanup().unwrap();
+        assert!(c.dp.cleaned);
+    }
+
+    #[test]
+    fn check_lists_what_would_be_programmed() {
+        let s = Scratch::new();
+        s.write("manifests/app.yaml", SCENARIO);
+        s.write("manifests/bad.yaml", "kind: Pod\n");
+        s.record("c1", "10.0.0.11", "ready");
+        let cfg = controller(&s, Recording::default(), Instant::now()).cfg;
+        let report = check(&cfg);
+        assert_eq!(report.errors, 1);
+        assert_eq!(
+            report.listing,
+            "TCP  10.100.100.100:8080 rr  # default/app-service port 8080/TCP\n  -> 10.0.0.11:8080           Masq    1\nloop-back set SVCPROXY-LOOP-BACK: 1 entries\n"
+        );
+    }
 }

@@ -69,7 +69,14 @@ pub mod fake {
 
         /// Sets the connection counts of a real server, as traffic would.
         pub fn set_conns(&mut self, key: &ServiceKey, dest: std::net::SocketAddr, active: u32) {
-            let d = self.state.services.get_mut(key).unwrap().dests.get_mut(&dest).unwrap();
+            let d = self
+                .state
+                .services
+                .get_mut(key)
+                .unwrap()
+                .dests
+                .get_mut(&dest)
+                .unwrap();
             d.active_conns = active;
         }
 
@@ -87,7 +94,10 @@ pub mod fake {
                 },
                 Op::AddLoopback(e) | Op::DelLoopback(e) => s.loopback.contains(e),
             };
-            let adds = matches!(op, Op::AddAddress(_) | Op::AddService(_) | Op::AddDest { .. } | Op::AddLoopback(_));
+            let adds = matches!(
+                op,
+                Op::AddAddress(_) | Op::AddService(_) | Op::AddDest { .. } | Op::AddLoopback(_)
+            );
             match (adds, exists) {
                 (true, true) => Err(DataplaneError::new(op, "File exists")),
                 (false, false) => Err(DataplaneError::new(op, "No such file or directory")),
@@ -134,8 +144,13 @@ pub mod fake {
         }
 
         fn cleanup(&mut self) -> Result<()> {
-            let ours: Vec<ServiceKey> =
-                self.state.services.keys().filter(|k| self.state.addresses.contains(&k.addr)).copied().collect();
+            let ours: Vec<ServiceKey> = self
+                .state
+                .services
+                .keys()
+                .filter(|k| self.state.addresses.contains(&k.addr))
+                .copied()
+                .collect();
             for k in ours {
                 self.state.services.remove(&k);
             }

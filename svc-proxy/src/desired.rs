@@ -16,7 +16,10 @@ pub fn build(
 ) -> (Desired, Vec<String>) {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
-        by_service.entry((&s.namespace, &s.service_name)).or_default().push(s);
+        by_service
+            .entry((&s.namespace, &s.service_name))
+            .or_default()
+            .push(s);
     }
     let mut sorted: Vec<&Service> = services.to_vec();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -37,7 +40,11 @@ pub fn build(
                     Some(slices) => slice_endpoints(slices, port, vip.is_ipv4()),
                     None => pod_endpoints(svc, pods, port, vip.is_ipv4()),
                 };
-                let key = ServiceKey { addr: *vip, protocol: port.protocol, port: port.port };
+                let key = ServiceKey {
+                    addr: *vip,
+                    protocol: port.protocol,
+                    port: port.port,
+                };
                 let origin = format!(
                     "{}/{} port {}/{}",
                     svc.namespace,
@@ -46,18 +53,33 @@ pub fn build(
                     port.protocol.as_str().to_uppercase()
                 );
                 if let Some(other) = desired.services.get(&key) {
-                    conflicts.push(format!("{origin}: {key} is already used by {}; skipped", other.origin));
+                    conflicts.push(format!(
+                        "{origin}: {key} is already used by {}; skipped",
+                        other.origin
+                    ));
                     continue;
                 }
                 for ep in endpoints.iter().filter(|e| e.is_ipv4()) {
-                    desired.loopback.insert(LoopbackEntry::for_endpoint(*ep, port.protocol));
+                    desired
+                        .loopback
+                        .insert(LoopbackEntry::for_endpoint(*ep, port.protocol));
                 }
                 let service = VirtualService {
                     key,
-                    scheduler: svc.scheduler.clone().unwrap_or_else(|| default_scheduler.to_string()),
+                    scheduler: svc
+                        .scheduler
+                        .clone()
+                        .unwrap_or_else(|| default_scheduler.to_string()),
                     persistence: svc.affinity_timeout,
                 };
-                desired.services.insert(key, DesiredService { service, endpoints, origin });
+                desired.services.insert(
+                    key,
+                    DesiredService {
+                        service,
+                        endpoints,
+                        origin,
+                    },
+                );
             }
         }
     }
@@ -66,11 +88,19 @@ pub fn build(
 
 /// Endpoints of one Service port from its EndpointSlices: the ready ones, or, when none is ready,
 /// the serving ones that are terminating (Kubernetes' fallback so traffic is not dropped).
-fn slice_endpoints(slices: &[&EndpointSlice], port: &ServicePort, v4: bool) -> BTreeSet<SocketAddr> {
+fn slice_endpoints(
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+    v4: bool,
+) -> BTreeSet<SocketAddr> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {
-        let Some(sp) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
+        let Some(sp) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        else {
             continue;
         };
         for ep in &slice.endpoints {
@@ -94,7 +124,12 @@ fn slice_endpoints(slices: &[&EndpointSlice], port: &ServicePort, v4: bool) -> B
 }
 
 /// Endpoints of one Service port from the pods cni-bridge attached whose labels match.
-fn pod_endpoints(svc: &Service, pods: &[&Pod], port: &ServicePort, v4: bool) -> BTreeSet<SocketAddr> {
+fn pod_endpoints(
+    svc: &Service,
+    pods: &[&Pod],
+    port: &ServicePort,
+    v4: bool,
+) -> BTreeSet<SocketAddr> {
     let Some(selector) = &svc.selector else {
         return BTreeSet::new();
     };
@@ -116,9 +151,26 @@ mod tests {
     }
 
     fn run(objs: &[Object], pods: &[Pod]) -> (Desired, Vec<String>) {
-        let services: Vec<&Service> = objs.iter().filter_map(|o| if let Object::Service(s) = o { Some(s) } else { None }).collect();
-        let slices: Vec<&EndpointSlice> =
-            objs.iter().filter_map(|o| if let Object::EndpointSlice(s) = o { Some(s) } else { None }).collect();
+        let services: Vec<&Service> = objs
+            .iter()
+            .filter_map(|o| {
+                if let Object::Service(s) = o {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let slices: Vec<&EndpointSlice> = objs
+            .iter()
+            .filter_map(|o| {
+                if let Object::EndpointSlice(s) = o {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
         let pods: Vec<&Pod> = pods.iter().collect();
         build(&services, &slices, &pods, "rr")
     }
@@ -127,15 +179,26 @@ mod tests {
         Pod {
             namespace: ns.into(),
             addresses: vec![ip.parse().unwrap()],
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
     fn eps(d: &Desired, key: &str) -> Vec<String> {
         let (addr, rest) = key.rsplit_once(' ').unwrap();
         let (port, proto) = rest.split_once('/').unwrap();
-        let k = ServiceKey { addr: addr.parse().unwrap(), port: port.parse().unwrap(), protocol: proto.parse().unwrap() };
-        d.services[&k].endpoints.iter().map(|e| e.to_string()).collect()
+        let k = ServiceKey {
+            addr: addr.parse().unwrap(),
+            port: port.parse().unwrap(),
+            protocol: proto.parse().unwrap(),
+        };
+        d.services[&k]
+            .endpoints
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     const SCENARIO: &str = include_str!("../../conf/services/app-service.yaml");
@@ -144,16 +207,26 @@ mod tests {
     fn selector_takes_matching_pods_of_the_same_namespace() {
         let pods = [
             pod("default", "10.0.0.11", &[("component", "app")]),
-            pod("default", "10.0.0.21", &[("component", "app"), ("tier", "x")]),
+            pod(
+                "default",
+                "10.0.0.21",
+                &[("component", "app"), ("tier", "x")],
+            ),
             pod("other", "10.0.0.31", &[("component", "app")]),
             pod("default", "10.0.0.41", &[("component", "db")]),
         ];
         let (d, conflicts) = run(&objects(SCENARIO), &pods);
         assert!(conflicts.is_empty());
-        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.0.0.11:8080", "10.0.0.21:8080"]);
+        assert_eq!(
+            eps(&d, "10.100.100.100 8080/tcp"),
+            vec!["10.0.0.11:8080", "10.0.0.21:8080"]
+        );
         assert_eq!(
             d.loopback.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            vec!["10.0.0.11,tcp:8080,10.0.0.11", "10.0.0.21,tcp:8080,10.0.0.21"]
+            vec![
+                "10.0.0.11,tcp:8080,10.0.0.11",
+                "10.0.0.21,tcp:8080,10.0.0.21"
+            ]
         );
         assert_eq!(d.services.values().next().unwrap().service.scheduler, "rr");
     }
@@ -191,17 +264,26 @@ endpoints:
         assert_eq!(d.services.len(), 6);
         assert_eq!(eps(&d, "fd00::5 80/tcp"), vec!["[fd00::11]:8080"]);
         assert_eq!(eps(&d, "192.0.2.5 53/udp"), vec!["10.0.0.11:53"]);
-        assert!(d.services.values().all(|s| s.service.scheduler == "sh" && s.service.persistence == Some(10800)));
+        assert!(d
+            .services
+            .values()
+            .all(|s| s.service.scheduler == "sh" && s.service.persistence == Some(10800)));
         // IPv6 endpoints get no loop-back entry (the set is IPv4).
         assert_eq!(d.loopback.len(), 2);
     }
 
     #[test]
     fn a_vip_port_claimed_twice_goes_to_the_first_service() {
-        let yaml = format!("{SCENARIO}---\n{}", SCENARIO.replace("name: app-service", "name: aaa"));
+        let yaml = format!(
+            "{SCENARIO}---\n{}",
+            SCENARIO.replace("name: app-service", "name: aaa")
+        );
         let (d, conflicts) = run(&objects(&yaml), &[]);
         assert_eq!(d.services.len(), 1);
-        assert_eq!(d.services.values().next().unwrap().origin, "default/aaa port 8080/TCP");
+        assert_eq!(
+            d.services.values().next().unwrap().origin,
+            "default/aaa port 8080/TCP"
+        );
         assert_eq!(
             conflicts,
             vec!["default/app-service port 8080/TCP: 10.100.100.100:8080/tcp is already used by default/aaa port 8080/TCP; skipped"]

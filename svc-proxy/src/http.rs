@@ -41,7 +41,11 @@ fn answer(stream: TcpStream, metrics: &Metrics, health_window: Duration) -> std:
         ),
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
     };
     let mut out = stream;
     write!(

@@ -17,6 +17,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod desired;
 pub mod http;
+pub mod kernel;
 pub mod logger;
 pub mod manifest;
 pub mod metrics;

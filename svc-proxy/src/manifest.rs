@@ -14,8 +14,9 @@ pub const SCHEDULER_ANNOTATION: &str = "svc-proxy/scheduler";
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Schedulers the Debian kernel ships (`ip_vs_<name>` modules).
-pub const SCHEDULERS: &[&str] =
-    &["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"];
+pub const SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
+];
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -25,11 +26,26 @@ pub enum ManifestError {
     #[error("{file}: {message}")]
     Read { file: String, message: String },
     #[error("{file}: document {document}: {message}")]
-    Syntax { file: String, document: usize, message: String },
+    Syntax {
+        file: String,
+        document: usize,
+        message: String,
+    },
     #[error("{file}: document {document} ({object}): {field}: {message}")]
-    Invalid { file: String, document: usize, object: String, field: String, message: String },
+    Invalid {
+        file: String,
+        document: usize,
+        object: String,
+        field: String,
+        message: String,
+    },
     #[error("{file}: {object} defined twice (documents {first} and {second})")]
-    Duplicate { file: String, object: String, first: usize, second: usize },
+    Duplicate {
+        file: String,
+        object: String,
+        first: usize,
+        second: usize,
+    },
 }
 
 /// A `Service`, reduced to what svc-proxy programs.
@@ -116,13 +132,20 @@ pub fn load_file(path: &Path) -> Result<Vec<Object>, ManifestError> {
 }
 
 fn is_json(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
 /// Whether a directory entry is a manifest file (`*.yaml`, `*.yml`, `*.json`, not hidden).
 pub fn is_manifest_name(path: &Path) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     !hidden && matches!(ext.as_deref(), Some("yaml" | "yml" | "json"))
 }
 
@@ -135,7 +158,10 @@ pub fn parse(file: &str, text: &str, json: bool) -> Result<Vec<Object>, Manifest
     };
     let mut docs = Vec::new();
     if json {
-        for (i, v) in serde_json::Deserializer::from_str(text).into_iter::<Value>().enumerate() {
+        for (i, v) in serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
+            .enumerate()
+        {
             docs.push(v.map_err(|e| syntax(i + 1, &e))?);
         }
     } else {
@@ -149,7 +175,12 @@ pub fn parse(file: &str, text: &str, json: bool) -> Result<Vec<Object>, Manifest
         if doc.is_null() {
             continue;
         }
-        let ctx = Ctx { file, document: i + 1, object: String::new(), path: String::new() };
+        let ctx = Ctx {
+            file,
+            document: i + 1,
+            object: String::new(),
+            path: String::new(),
+        };
         let mut found = Vec::new();
         object(&ctx, doc, &mut found)?;
         for o in found {
@@ -185,14 +216,19 @@ impl Ctx<'_> {
         ManifestError::Invalid {
             file: self.file.to_string(),
             document: self.document,
-            object: if self.object.is_empty() { "?".into() } else { self.object.clone() },
+            object: if self.object.is_empty() {
+                "?".into()
+            } else {
+                self.object.clone()
+            },
             field: format!("{}{}", self.path, field),
             message: message.into(),
         }
     }
 
     fn map<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Map<String, Value>> {
-        v.as_object().ok_or_else(|| self.err(field, format!("expected a mapping, found {}", kind(v))))
+        v.as_object()
+            .ok_or_else(|| self.err(field, format!("expected a mapping, found {}", kind(v))))
     }
 
     /// The member `key` of `m`, `None` when absent or null.
@@ -200,11 +236,19 @@ impl Ctx<'_> {
         m.get(key).filter(|v| !v.is_null())
     }
 
-    fn opt_str<'v>(&self, m: &'v Map<String, Value>, field: &str, key: &str) -> Result<Option<&'v str>> {
+    fn opt_str<'v>(
+        &self,
+        m: &'v Map<String, Value>,
+        field: &str,
+        key: &str,
+    ) -> Result<Option<&'v str>> {
         match Self::opt(m, key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.err(&join(field, key), format!("expected a string, found {}", kind(v)))),
+            Some(v) => Err(self.err(
+                &join(field, key),
+                format!("expected a string, found {}", kind(v)),
+            )),
         }
     }
 
@@ -219,15 +263,26 @@ impl Ctx<'_> {
         match Self::opt(m, key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.err(&join(field, key), format!("expected true or false, found {}", kind(v)))),
+            Some(v) => Err(self.err(
+                &join(field, key),
+                format!("expected true or false, found {}", kind(v)),
+            )),
         }
     }
 
-    fn opt_list<'v>(&self, m: &'v Map<String, Value>, field: &str, key: &str) -> Result<&'v [Value]> {
+    fn opt_list<'v>(
+        &self,
+        m: &'v Map<String, Value>,
+        field: &str,
+        key: &str,
+    ) -> Result<&'v [Value]> {
         match Self::opt(m, key) {
             None => Ok(&[]),
             Some(Value::Array(a)) => Ok(a),
-            Some(v) => Err(self.err(&join(field, key), format!("expected a list, found {}", kind(v)))),
+            Some(v) => Err(self.err(
+                &join(field, key),
+                format!("expected a list, found {}", kind(v)),
+            )),
         }
     }
 
@@ -235,7 +290,8 @@ impl Ctx<'_> {
         let s = v
             .as_str()
             .ok_or_else(|| self.err(field, format!("expected an IP address, found {}", kind(v))))?;
-        s.parse().map_err(|_| self.err(field, format!("{s:?} is not an IP address")))
+        s.parse()
+            .map_err(|_| self.err(field, format!("{s:?} is not an IP address")))
     }
 
     fn port(&self, v: &Value, field: &str) -> Result<u16> {
@@ -261,13 +317,21 @@ impl Ctx<'_> {
         }
     }
 
-    fn string_map(&self, m: &Map<String, Value>, field: &str, key: &str) -> Result<BTreeMap<String, String>> {
+    fn string_map(
+        &self,
+        m: &Map<String, Value>,
+        field: &str,
+        key: &str,
+    ) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         if let Some(v) = Self::opt(m, key) {
             let f = join(field, key);
             for (k, v) in self.map(v, &f)? {
                 let s = v.as_str().ok_or_else(|| {
-                    self.err(&format!("{f}.{k}"), format!("expected a string, found {}", kind(v)))
+                    self.err(
+                        &format!("{f}.{k}"),
+                        format!("expected a string, found {}", kind(v)),
+                    )
                 })?;
                 out.insert(k.clone(), s.to_string());
             }
@@ -319,11 +383,17 @@ fn object(ctx: &Ctx<'_>, v: &Value, out: &mut Vec<Object>) -> Result<()> {
         }
     };
     if api != want_api {
-        return Err(ctx.err("apiVersion", format!("{api:?} is not supported for {kind_name} (expected {want_api:?})")));
+        return Err(ctx.err(
+            "apiVersion",
+            format!("{api:?} is not supported for {kind_name} (expected {want_api:?})"),
+        ));
     }
     if kind_name == "List" {
         for (i, item) in ctx.opt_list(m, "", "items")?.iter().enumerate() {
-            let item_ctx = Ctx { path: format!("{}items[{i}].", ctx.path), ..ctx.clone() };
+            let item_ctx = Ctx {
+                path: format!("{}items[{i}].", ctx.path),
+                ..ctx.clone()
+            };
             object(&item_ctx, item, out)?;
         }
         return Ok(());
@@ -331,8 +401,14 @@ fn object(ctx: &Ctx<'_>, v: &Value, out: &mut Vec<Object>) -> Result<()> {
     let meta = Ctx::opt(m, "metadata").ok_or_else(|| ctx.err("metadata.name", "required"))?;
     let meta = ctx.map(meta, "metadata")?;
     let name = ctx.req_str(meta, "metadata", "name")?.to_string();
-    let namespace = ctx.opt_str(meta, "metadata", "namespace")?.unwrap_or("default").to_string();
-    let ctx = Ctx { object: format!("{kind_name} {namespace}/{name}"), ..ctx.clone() };
+    let namespace = ctx
+        .opt_str(meta, "metadata", "namespace")?
+        .unwrap_or("default")
+        .to_string();
+    let ctx = Ctx {
+        object: format!("{kind_name} {namespace}/{name}"),
+        ..ctx.clone()
+    };
     let obj = if kind_name == "Service" {
         Object::Service(service(&ctx, m, meta, namespace, name)?)
     } else {
@@ -356,7 +432,10 @@ fn service(
         Some(s) => {
             return Err(ctx.err(
                 &format!("metadata.annotations.{SCHEDULER_ANNOTATION}"),
-                format!("unknown IPVS scheduler {s:?} (expected one of {})", SCHEDULERS.join(", ")),
+                format!(
+                    "unknown IPVS scheduler {s:?} (expected one of {})",
+                    SCHEDULERS.join(", ")
+                ),
             ))
         }
     };
@@ -366,7 +445,10 @@ fn service(
         None => &empty,
     };
     let svc_type = ctx.opt_str(spec, "spec", "type")?.unwrap_or("ClusterIP");
-    if !matches!(svc_type, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        svc_type,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         return Err(ctx.err(
             "spec.type",
             format!("unknown Service type {svc_type:?} (expected ClusterIP, NodePort, LoadBalancer or ExternalName)"),
@@ -382,8 +464,14 @@ fn service(
     if !headless {
         for (i, v) in listed.iter().enumerate() {
             let ip = ctx.ip(v, &format!("spec.clusterIPs[{i}]"))?;
-            if cluster_ips.iter().any(|c: &IpAddr| c.is_ipv4() == ip.is_ipv4()) {
-                return Err(ctx.err(&format!("spec.clusterIPs[{i}]"), "at most one address per IP family"));
+            if cluster_ips
+                .iter()
+                .any(|c: &IpAddr| c.is_ipv4() == ip.is_ipv4())
+            {
+                return Err(ctx.err(
+                    &format!("spec.clusterIPs[{i}]"),
+                    "at most one address per IP family",
+                ));
             }
             cluster_ips.push(ip);
         }
@@ -402,13 +490,20 @@ fn service(
                 }
             }
             None if cluster_ips.is_empty() => {
-                return Err(ctx.err("spec.clusterIP", "required (svc-proxy does not allocate cluster IPs)"))
+                return Err(ctx.err(
+                    "spec.clusterIP",
+                    "required (svc-proxy does not allocate cluster IPs)",
+                ))
             }
             None => {}
         }
     }
     let mut external_ips = Vec::new();
-    for (i, v) in ctx.opt_list(spec, "spec", "externalIPs")?.iter().enumerate() {
+    for (i, v) in ctx
+        .opt_list(spec, "spec", "externalIPs")?
+        .iter()
+        .enumerate()
+    {
         external_ips.push(ctx.ip(v, &format!("spec.externalIPs[{i}]"))?);
     }
 
@@ -418,7 +513,10 @@ fn service(
         let p = ctx.map(v, &field)?;
         let port_name = ctx.opt_str(p, &field, "name")?.unwrap_or("").to_string();
         let protocol = ctx.protocol(p, &field)?;
-        let port = ctx.port(Ctx::opt(p, "port").ok_or_else(|| ctx.err(&join(&field, "port"), "required"))?, &join(&field, "port"))?;
+        let port = ctx.port(
+            Ctx::opt(p, "port").ok_or_else(|| ctx.err(&join(&field, "port"), "required"))?,
+            &join(&field, "port"),
+        )?;
         let target_port = match Ctx::opt(p, "targetPort") {
             None => port,
             Some(Value::String(s)) => match s.parse::<i64>() {
@@ -432,16 +530,29 @@ fn service(
             },
             Some(v) => ctx.port(v, &join(&field, "targetPort"))?,
         };
-        if let Some(j) = ports.iter().position(|q| q.port == port && q.protocol == protocol) {
+        if let Some(j) = ports
+            .iter()
+            .position(|q| q.port == port && q.protocol == protocol)
+        {
             return Err(ctx.err(
                 &join(&field, "port"),
-                format!("duplicate port {port}/{} (also spec.ports[{j}])", protocol.as_str().to_uppercase()),
+                format!(
+                    "duplicate port {port}/{} (also spec.ports[{j}])",
+                    protocol.as_str().to_uppercase()
+                ),
             ));
         }
         if !ports.is_empty() {
-            let unnamed = if port_name.is_empty() { Some(i) } else { ports.iter().position(|q| q.name.is_empty()) };
+            let unnamed = if port_name.is_empty() {
+                Some(i)
+            } else {
+                ports.iter().position(|q| q.name.is_empty())
+            };
             if let Some(j) = unnamed {
-                return Err(ctx.err(&format!("spec.ports[{j}].name"), "required when a Service has more than one port"));
+                return Err(ctx.err(
+                    &format!("spec.ports[{j}].name"),
+                    "required when a Service has more than one port",
+                ));
             }
         }
         if let Some(j) = ports.iter().position(|q| q.name == port_name) {
@@ -450,13 +561,21 @@ fn service(
                 format!("duplicate port name {port_name:?} (also spec.ports[{j}])"),
             ));
         }
-        ports.push(ServicePort { name: port_name, protocol, port, target_port });
+        ports.push(ServicePort {
+            name: port_name,
+            protocol,
+            port,
+            target_port,
+        });
     }
     if ports.is_empty() && !headless {
         return Err(ctx.err("spec.ports", "required (at least one port)"));
     }
 
-    let affinity_timeout = match ctx.opt_str(spec, "spec", "sessionAffinity")?.unwrap_or("None") {
+    let affinity_timeout = match ctx
+        .opt_str(spec, "spec", "sessionAffinity")?
+        .unwrap_or("None")
+    {
         "None" => None,
         "ClientIP" => Some(affinity_timeout(ctx, spec)?),
         other => {
@@ -489,7 +608,10 @@ fn affinity_timeout(ctx: &Ctx<'_>, spec: &Map<String, Value>) -> Result<u32> {
         Some(v) => match v.as_i64() {
             Some(n) if (1..=86400).contains(&n) => Ok(n as u32),
             Some(n) => Err(ctx.err(field, format!("{n} is out of range 1-86400"))),
-            None => Err(ctx.err(field, format!("expected a number of seconds, found {}", show(v)))),
+            None => Err(ctx.err(
+                field,
+                format!("expected a number of seconds, found {}", show(v)),
+            )),
         },
     }
 }
@@ -505,7 +627,12 @@ fn endpoint_slice(
     let service_name = labels
         .get(SERVICE_NAME_LABEL)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ctx.err(&format!("metadata.labels.{SERVICE_NAME_LABEL}"), "required (names the Service)"))?
+        .ok_or_else(|| {
+            ctx.err(
+                &format!("metadata.labels.{SERVICE_NAME_LABEL}"),
+                "required (names the Service)",
+            )
+        })?
         .clone();
     let address_type = ctx.req_str(m, "", "addressType")?;
     let want_v4 = match address_type {
@@ -524,14 +651,24 @@ fn endpoint_slice(
         let p = ctx.map(v, &field)?;
         let port_name = ctx.opt_str(p, &field, "name")?.unwrap_or("").to_string();
         let protocol = ctx.protocol(p, &field)?;
-        let port = ctx.port(Ctx::opt(p, "port").ok_or_else(|| ctx.err(&join(&field, "port"), "required"))?, &join(&field, "port"))?;
-        if let Some(j) = ports.iter().position(|q| q.name == port_name && q.protocol == protocol) {
+        let port = ctx.port(
+            Ctx::opt(p, "port").ok_or_else(|| ctx.err(&join(&field, "port"), "required"))?,
+            &join(&field, "port"),
+        )?;
+        if let Some(j) = ports
+            .iter()
+            .position(|q| q.name == port_name && q.protocol == protocol)
+        {
             return Err(ctx.err(
                 &join(&field, "name"),
                 format!("duplicate port name {port_name:?} (also ports[{j}])"),
             ));
         }
-        ports.push(SlicePort { name: port_name, protocol, port });
+        ports.push(SlicePort {
+            name: port_name,
+            protocol,
+            port,
+        });
     }
     let mut endpoints = Vec::new();
     for (i, v) in ctx.opt_list(m, "", "endpoints")?.iter().enumerate() {
@@ -542,12 +679,18 @@ fn endpoint_slice(
             let f = format!("{field}.addresses[{j}]");
             let ip = ctx.ip(a, &f)?;
             if ip.is_ipv4() != want_v4 {
-                return Err(ctx.err(&f, format!("{ip} does not match addressType {address_type}")));
+                return Err(ctx.err(
+                    &f,
+                    format!("{ip} does not match addressType {address_type}"),
+                ));
             }
             addresses.push(ip);
         }
         if addresses.is_empty() {
-            return Err(ctx.err(&join(&field, "addresses"), "required (at least one address)"));
+            return Err(ctx.err(
+                &join(&field, "addresses"),
+                "required (at least one address)",
+            ));
         }
         let empty = Map::new();
         let cf = join(&field, "conditions");
@@ -557,10 +700,23 @@ fn endpoint_slice(
         };
         let ready = ctx.opt_bool(conditions, &cf, "ready")?.unwrap_or(true);
         let serving = ctx.opt_bool(conditions, &cf, "serving")?.unwrap_or(ready);
-        let terminating = ctx.opt_bool(conditions, &cf, "terminating")?.unwrap_or(false);
-        endpoints.push(Endpoint { addresses, ready, serving, terminating });
+        let terminating = ctx
+            .opt_bool(conditions, &cf, "terminating")?
+            .unwrap_or(false);
+        endpoints.push(Endpoint {
+            addresses,
+            ready,
+            serving,
+            terminating,
+        });
     }
-    Ok(EndpointSlice { namespace, name, service_name, ports, endpoints })
+    Ok(EndpointSlice {
+        namespace,
+        name,
+        service_name,
+        ports,
+        endpoints,
+    })
 }
 
 #[cfg(test)]
@@ -599,7 +755,12 @@ mod tests {
                 cluster_ips: vec!["10.100.100.100".parse().unwrap()],
                 external_ips: vec![],
                 selector: Some(BTreeMap::from([("component".into(), "app".into())])),
-                ports: vec![ServicePort { name: "".into(), protocol: Protocol::Tcp, port: 8080, target_port: 8080 }],
+                ports: vec![ServicePort {
+                    name: "".into(),
+                    protocol: Protocol::Tcp,
+                    port: 8080,
+                    target_port: 8080
+                }],
                 affinity_timeout: None,
                 scheduler: None,
             }
@@ -629,15 +790,31 @@ spec:
 "#,
         );
         assert_eq!(s.namespace, "kube-system");
-        assert_eq!(s.cluster_ips, vec!["10.96.0.10".parse::<IpAddr>().unwrap(), "fd00::10".parse().unwrap()]);
+        assert_eq!(
+            s.cluster_ips,
+            vec![
+                "10.96.0.10".parse::<IpAddr>().unwrap(),
+                "fd00::10".parse().unwrap()
+            ]
+        );
         assert_eq!(s.external_ips, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.affinity_timeout, Some(600));
         assert_eq!(s.scheduler.as_deref(), Some("wlc"));
         assert_eq!(
             s.ports,
             vec![
-                ServicePort { name: "dns".into(), protocol: Protocol::Udp, port: 53, target_port: 5353 },
-                ServicePort { name: "dns-tcp".into(), protocol: Protocol::Tcp, port: 53, target_port: 53 },
+                ServicePort {
+                    name: "dns".into(),
+                    protocol: Protocol::Udp,
+                    port: 53,
+                    target_port: 5353
+                },
+                ServicePort {
+                    name: "dns-tcp".into(),
+                    protocol: Protocol::Tcp,
+                    port: 53,
+                    target_port: 53
+                },
             ]
         );
         let s = service("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.0.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}");
@@ -654,8 +831,7 @@ spec:
 
     #[test]
     fn endpoint_slice_conditions_default_as_kubernetes_defines_them() {
-        let o = one(
-            r#"
+        let o = one(r#"
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -669,25 +845,50 @@ endpoints:
     conditions: {ready: false, serving: true, terminating: true}
   - addresses: [10.0.0.31]
     conditions: {ready: false}
-"#,
-        );
-        let Object::EndpointSlice(e) = o else { panic!("not a slice") };
+"#);
+        let Object::EndpointSlice(e) = o else {
+            panic!("not a slice")
+        };
         assert_eq!(e.service_name, "app-service");
-        assert_eq!(e.ports, vec![SlicePort { name: "".into(), protocol: Protocol::Tcp, port: 8080 }]);
-        let conds: Vec<(bool, bool, bool)> = e.endpoints.iter().map(|x| (x.ready, x.serving, x.terminating)).collect();
-        assert_eq!(conds, vec![(true, true, false), (false, true, true), (false, false, false)]);
+        assert_eq!(
+            e.ports,
+            vec![SlicePort {
+                name: "".into(),
+                protocol: Protocol::Tcp,
+                port: 8080
+            }]
+        );
+        let conds: Vec<(bool, bool, bool)> = e
+            .endpoints
+            .iter()
+            .map(|x| (x.ready, x.serving, x.terminating))
+            .collect();
+        assert_eq!(
+            conds,
+            vec![
+                (true, true, false),
+                (false, true, true),
+                (false, false, false)
+            ]
+        );
     }
 
     #[test]
     fn multi_document_yaml_json_stream_and_list() {
         let yaml = format!("---\n{SCENARIO}---\napiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{clusterIP: 10.0.0.2, ports: [{{port: 80}}]}}\n---\n");
         let v = parse("t.yaml", &yaml, false).unwrap();
-        assert_eq!(v.iter().map(Object::id).collect::<Vec<_>>(), vec!["Service default/app-service", "Service default/b"]);
+        assert_eq!(
+            v.iter().map(Object::id).collect::<Vec<_>>(),
+            vec!["Service default/app-service", "Service default/b"]
+        );
 
         let json = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.0.0.1","ports":[{"port":80}]}}
 {"apiVersion":"v1","kind":"List","items":[{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"a-1","labels":{"kubernetes.io/service-name":"a"}},"addressType":"IPv4","ports":[{"port":8080}],"endpoints":[{"addresses":["10.0.0.11"]}]}]}"#;
         let v = parse("t.json", json, true).unwrap();
-        assert_eq!(v.iter().map(Object::id).collect::<Vec<_>>(), vec!["Service default/a", "EndpointSlice default/a-1"]);
+        assert_eq!(
+            v.iter().map(Object::id).collect::<Vec<_>>(),
+            vec!["Service default/a", "EndpointSlice default/a-1"]
+        );
     }
 
     const BASE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n";
@@ -728,31 +929,73 @@ endpoints:
 
     #[test]
     fn bad_objects_and_kinds_are_reported_with_file_document_and_object() {
-        let err = parse("dir/app.yaml", &format!("{SCENARIO}---\n{BASE}spec: {{clusterIP: 10.0.0.1, ports: [{{port: 99999}}]}}\n"), false).unwrap_err();
+        let err = parse(
+            "dir/app.yaml",
+            &format!(
+                "{SCENARIO}---\n{BASE}spec: {{clusterIP: 10.0.0.1, ports: [{{port: 99999}}]}}\n"
+            ),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "dir/app.yaml: document 2 (Service default/s): spec.ports[0].port: 99999 is out of range 1-65535"
         );
-        let err = parse("d.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", false).unwrap_err();
+        let err = parse(
+            "d.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+            false,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "d.yaml: document 1 (?): kind: unknown kind \"Deployment\" (expected Service, EndpointSlice or List)");
-        let err = parse("d.yaml", "apiVersion: v2\nkind: Service\nmetadata: {name: x}\n", false).unwrap_err();
+        let err = parse(
+            "d.yaml",
+            "apiVersion: v2\nkind: Service\nmetadata: {name: x}\n",
+            false,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "d.yaml: document 1 (?): apiVersion: \"v2\" is not supported for Service (expected \"v1\")");
-        let err = parse("d.yaml", "apiVersion: v1\nkind: Service\nmetadata: {}\n", false).unwrap_err();
-        assert_eq!(err.to_string(), "d.yaml: document 1 (?): metadata.name: required");
+        let err = parse(
+            "d.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {}\n",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "d.yaml: document 1 (?): metadata.name: required"
+        );
         let err = parse("d.yaml", "- 1\n- 2\n", false).unwrap_err();
-        assert_eq!(err.to_string(), "d.yaml: document 1 (?): (document): expected a mapping, found a list");
+        assert_eq!(
+            err.to_string(),
+            "d.yaml: document 1 (?): (document): expected a mapping, found a list"
+        );
         let err = parse("d.yaml", &format!("{SCENARIO}---\n{SCENARIO}"), false).unwrap_err();
-        assert_eq!(err.to_string(), "d.yaml: Service default/app-service defined twice (documents 1 and 2)");
+        assert_eq!(
+            err.to_string(),
+            "d.yaml: Service default/app-service defined twice (documents 1 and 2)"
+        );
         let err = parse("l.yaml", "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: s}, spec: {clusterIP: x, ports: [{port: 1}]}}\n", false).unwrap_err();
         assert_eq!(err.to_string(), "l.yaml: document 1 (Service default/s): items[0].spec.clusterIP: \"x\" is not an IP address");
     }
 
     #[test]
     fn syntax_errors_name_the_document() {
-        let err = parse("s.yaml", &format!("{SCENARIO}---\nkind: [unclosed\n"), false).unwrap_err();
-        assert!(matches!(&err, ManifestError::Syntax { file, document: 2, .. } if file == "s.yaml"), "{err}");
+        let err = parse(
+            "s.yaml",
+            &format!("{SCENARIO}---\nkind: [unclosed\n"),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::Syntax { file, document: 2, .. } if file == "s.yaml"),
+            "{err}"
+        );
         let err = parse("s.json", "{\"kind\": \"Service\",}", true).unwrap_err();
-        assert!(matches!(&err, ManifestError::Syntax { document: 1, .. }), "{err}");
+        assert!(
+            matches!(&err, ManifestError::Syntax { document: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -770,6 +1013,12 @@ endpoints:
             assert_eq!((f.as_str(), m.as_str()), (*field, *message), "{rest}");
         }
         let (f, m) = invalid("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e}\naddressType: IPv4\n");
-        assert_eq!((f.as_str(), m.as_str()), ("metadata.labels.kubernetes.io/service-name", "required (names the Service)"));
+        assert_eq!(
+            (f.as_str(), m.as_str()),
+            (
+                "metadata.labels.kubernetes.io/service-name",
+                "required (names the Service)"
+            )
+        );
     }
 }

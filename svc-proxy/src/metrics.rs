@@ -59,7 +59,10 @@ impl Metrics {
 
     /// Healthy when the kernel was dumped successfully within `window`.
     pub fn healthy(&self, now: Instant, window: Duration) -> bool {
-        self.with(|m| m.last_observe.is_some_and(|t| now.saturating_duration_since(t) <= window))
+        self.with(|m| {
+            m.last_observe
+                .is_some_and(|t| now.saturating_duration_since(t) <= window)
+        })
     }
 
     /// The Prometheus text exposition.

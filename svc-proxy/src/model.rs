@@ -25,7 +25,12 @@ pub struct ServiceKey {
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", SocketAddr::new(self.addr, self.port), self.protocol)
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.addr, self.port),
+            self.protocol
+        )
     }
 }
 
@@ -61,13 +66,22 @@ pub struct LoopbackEntry {
 impl LoopbackEntry {
     /// The entry that masquerades `endpoint` reaching itself through a VIP.
     pub fn for_endpoint(endpoint: SocketAddr, protocol: Protocol) -> LoopbackEntry {
-        LoopbackEntry { ip: endpoint.ip(), protocol, port: endpoint.port(), ip2: endpoint.ip() }
+        LoopbackEntry {
+            ip: endpoint.ip(),
+            protocol,
+            port: endpoint.port(),
+            ip2: endpoint.ip(),
+        }
     }
 }
 
 impl fmt::Display for LoopbackEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{},{}:{},{}", self.ip, self.protocol, self.port, self.ip2)
+        write!(
+            f,
+            "{},{}:{},{}",
+            self.ip, self.protocol, self.port, self.ip2
+        )
     }
 }
 
@@ -103,7 +117,12 @@ pub struct ObservedDest {
 impl ObservedDest {
     /// A real server as svc-proxy creates it.
     pub fn new(weight: u32) -> ObservedDest {
-        ObservedDest { weight, masquerade: true, active_conns: 0, inactive_conns: 0 }
+        ObservedDest {
+            weight,
+            masquerade: true,
+            active_conns: 0,
+            inactive_conns: 0,
+        }
     }
 
     pub fn connections(&self) -> u64 {
@@ -151,12 +170,24 @@ impl Observed {
                 self.services
                     .entry(s.key)
                     .and_modify(|o| o.service = s.clone())
-                    .or_insert_with(|| ObservedService { service: s.clone(), dests: BTreeMap::new() });
+                    .or_insert_with(|| ObservedService {
+                        service: s.clone(),
+                        dests: BTreeMap::new(),
+                    });
             }
             Op::DelService(key) => {
                 self.services.remove(key);
             }
-            Op::AddDest { service, dest, weight } | Op::UpdateDest { service, dest, weight } => {
+            Op::AddDest {
+                service,
+                dest,
+                weight,
+            }
+            | Op::UpdateDest {
+                service,
+                dest,
+                weight,
+            } => {
                 if let Some(o) = self.services.get_mut(service) {
                     o.dests
                         .entry(*dest)

@@ -20,11 +20,22 @@ pub enum Op {
     /// `ipvsadm -D -t VIP:PORT`
     DelService(ServiceKey),
     /// `ipvsadm -a -t VIP:PORT -r IP:PORT -m -w WEIGHT`
-    AddDest { service: ServiceKey, dest: SocketAddr, weight: u32 },
+    AddDest {
+        service: ServiceKey,
+        dest: SocketAddr,
+        weight: u32,
+    },
     /// `ipvsadm -e -t VIP:PORT -r IP:PORT -m -w WEIGHT`
-    UpdateDest { service: ServiceKey, dest: SocketAddr, weight: u32 },
+    UpdateDest {
+        service: ServiceKey,
+        dest: SocketAddr,
+        weight: u32,
+    },
     /// `ipvsadm -d -t VIP:PORT -r IP:PORT`
-    DelDest { service: ServiceKey, dest: SocketAddr },
+    DelDest {
+        service: ServiceKey,
+        dest: SocketAddr,
+    },
     /// `ipset add SVCPROXY-LOOP-BACK IP,PROTO:PORT,IP`
     AddLoopback(crate::model::LoopbackEntry),
     /// `ipset del SVCPROXY-LOOP-BACK IP,PROTO:PORT,IP`
@@ -46,9 +57,9 @@ impl Op {
             Op::AddAddress(ip) | Op::DelAddress(ip) => Scope::Address(*ip),
             Op::AddService(s) | Op::UpdateService(s) => Scope::Service(s.key),
             Op::DelService(key) => Scope::Service(*key),
-            Op::AddDest { service, .. } | Op::UpdateDest { service, .. } | Op::DelDest { service, .. } => {
-                Scope::Service(*service)
-            }
+            Op::AddDest { service, .. }
+            | Op::UpdateDest { service, .. }
+            | Op::DelDest { service, .. } => Scope::Service(*service),
             Op::AddLoopback(_) | Op::DelLoopback(_) => Scope::Loopback,
         }
     }
@@ -95,10 +106,18 @@ impl fmt::Display for Op {
             Op::AddService(s) => service(f, "add", s),
             Op::UpdateService(s) => service(f, "update", s),
             Op::DelService(key) => write!(f, "delete service {key}"),
-            Op::AddDest { service, dest, weight } => {
+            Op::AddDest {
+                service,
+                dest,
+                weight,
+            } => {
                 write!(f, "add real server {dest} to {service} weight {weight}")
             }
-            Op::UpdateDest { service, dest, weight } => {
+            Op::UpdateDest {
+                service,
+                dest,
+                weight,
+            } => {
                 write!(f, "set real server {dest} of {service} to weight {weight}")
             }
             Op::DelDest { service, dest } => write!(f, "delete real server {dest} from {service}"),
@@ -135,7 +154,11 @@ pub fn plan(
             None => {
                 ops.push(Op::AddService(want.service.clone()));
                 for dest in &want.endpoints {
-                    ops.push(Op::AddDest { service: *key, dest: *dest, weight: ENDPOINT_WEIGHT });
+                    ops.push(Op::AddDest {
+                        service: *key,
+                        dest: *dest,
+                        weight: ENDPOINT_WEIGHT,
+                    });
                 }
             }
             Some(have) => {
@@ -159,7 +182,13 @@ pub fn plan(
                         Some(_) => {}
                     }
                 }
-                plan_removed_dests(key, have, |d| want.endpoints.contains(d), drain_expired, &mut ops);
+                plan_removed_dests(
+                    key,
+                    have,
+                    |d| want.endpoints.contains(d),
+                    drain_expired,
+                    &mut ops,
+                );
             }
         }
     }
@@ -196,9 +225,16 @@ fn plan_removed_dests(
         }
         let graceful = key.protocol != nodenet::Protocol::Udp;
         if !graceful || (d.weight == 0 && (d.connections() == 0 || drain_expired(key, dest))) {
-            ops.push(Op::DelDest { service: *key, dest: *dest });
+            ops.push(Op::DelDest {
+                service: *key,
+                dest: *dest,
+            });
         } else if d.weight != 0 {
-            ops.push(Op::UpdateDest { service: *key, dest: *dest, weight: 0 });
+            ops.push(Op::UpdateDest {
+                service: *key,
+                dest: *dest,
+                weight: 0,
+            });
         }
     }
 }
@@ -229,7 +265,11 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     fn key(addr: &str, protocol: nodenet::Protocol, port: u16) -> ServiceKey {
-        ServiceKey { addr: addr.parse().unwrap(), protocol, port }
+        ServiceKey {
+            addr: addr.parse().unwrap(),
+            protocol,
+            port,
+        }
     }
 
     fn sa(s: &str) -> SocketAddr {
@@ -237,7 +277,11 @@ mod tests {
     }
 
     fn vs(k: ServiceKey, scheduler: &str, persistence: Option<u32>) -> VirtualService {
-        VirtualService { key: k, scheduler: scheduler.into(), persistence }
+        VirtualService {
+            key: k,
+            scheduler: scheduler.into(),
+            persistence,
+        }
     }
 
     fn desired(services: &[(ServiceKey, &str, &[&str])]) -> Desired {
@@ -245,11 +289,16 @@ mod tests {
         for (k, sched, eps) in services {
             let endpoints: BTreeSet<SocketAddr> = eps.iter().map(|e| sa(e)).collect();
             for e in &endpoints {
-                d.loopback.insert(LoopbackEntry::for_endpoint(*e, k.protocol));
+                d.loopback
+                    .insert(LoopbackEntry::for_endpoint(*e, k.protocol));
             }
             d.services.insert(
                 *k,
-                DesiredService { service: vs(*k, sched, None), endpoints, origin: "t".into() },
+                DesiredService {
+                    service: vs(*k, sched, None),
+                    endpoints,
+                    origin: "t".into(),
+                },
             );
         }
         d
@@ -257,10 +306,24 @@ mod tests {
 
     /// The kernel exactly as `d` wants it (VIPs on the dummy, weights 1, set filled).
     fn in_sync(d: &Desired) -> Observed {
-        let mut o = Observed { addresses: d.vips(), loopback: d.loopback.clone(), ..Default::default() };
+        let mut o = Observed {
+            addresses: d.vips(),
+            loopback: d.loopback.clone(),
+            ..Default::default()
+        };
         for (k, s) in &d.services {
-            let dests = s.endpoints.iter().map(|e| (*e, ObservedDest::new(1))).collect();
-            o.services.insert(*k, ObservedService { service: s.service.clone(), dests });
+            let dests = s
+                .endpoints
+                .iter()
+                .map(|e| (*e, ObservedDest::new(1)))
+                .collect();
+            o.services.insert(
+                *k,
+                ObservedService {
+                    service: s.service.clone(),
+                    dests,
+                },
+            );
         }
         o
     }
@@ -285,8 +348,16 @@ mod tests {
             vec![
                 Op::AddAddress(VIP.parse().unwrap()),
                 Op::AddService(vs(k, "rr", None)),
-                Op::AddDest { service: k, dest: sa("10.0.0.11:8080"), weight: 1 },
-                Op::AddDest { service: k, dest: sa("10.0.0.21:8080"), weight: 1 },
+                Op::AddDest {
+                    service: k,
+                    dest: sa("10.0.0.11:8080"),
+                    weight: 1
+                },
+                Op::AddDest {
+                    service: k,
+                    dest: sa("10.0.0.21:8080"),
+                    weight: 1
+                },
                 Op::AddLoopback(lb("10.0.0.11:8080", Tcp)),
                 Op::AddLoopback(lb("10.0.0.21:8080", Tcp)),
             ]
@@ -296,7 +367,11 @@ mod tests {
     #[test]
     fn converged_state_needs_no_operations() {
         let d = desired(&[
-            (key(VIP, Tcp, 8080), "rr", &["10.0.0.11:8080", "10.0.0.21:8080"]),
+            (
+                key(VIP, Tcp, 8080),
+                "rr",
+                &["10.0.0.11:8080", "10.0.0.21:8080"],
+            ),
             (key(VIP, Udp, 53), "wrr", &["10.0.0.11:53"]),
         ]);
         assert_eq!(plan(&d, &in_sync(&d), &never), vec![]);
@@ -305,7 +380,10 @@ mod tests {
     #[test]
     fn adding_an_endpoint_touches_only_that_endpoint() {
         let k = key(VIP, Tcp, 8080);
-        let before = desired(&[(k, "rr", &["10.0.0.11:8080"]), (key("10.100.0.2", Tcp, 80), "rr", &["10.0.0.5:80"])]);
+        let before = desired(&[
+            (k, "rr", &["10.0.0.11:8080"]),
+            (key("10.100.0.2", Tcp, 80), "rr", &["10.0.0.5:80"]),
+        ]);
         let after = desired(&[
             (k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080"]),
             (key("10.100.0.2", Tcp, 80), "rr", &["10.0.0.5:80"]),
@@ -313,7 +391,11 @@ mod tests {
         assert_eq!(
             plan(&after, &in_sync(&before), &never),
             vec![
-                Op::AddDest { service: k, dest: sa("10.0.0.21:8080"), weight: 1 },
+                Op::AddDest {
+                    service: k,
+                    dest: sa("10.0.0.21:8080"),
+                    weight: 1
+                },
                 Op::AddLoopback(lb("10.0.0.21:8080", Tcp)),
             ]
         );
@@ -327,7 +409,11 @@ mod tests {
         assert_eq!(
             plan(&after, &in_sync(&before), &never),
             vec![
-                Op::UpdateDest { service: k, dest: sa("10.0.0.21:8080"), weight: 0 },
+                Op::UpdateDest {
+                    service: k,
+                    dest: sa("10.0.0.21:8080"),
+                    weight: 0
+                },
                 Op::DelLoopback(lb("10.0.0.21:8080", Tcp)),
             ]
         );
@@ -341,20 +427,46 @@ mod tests {
         let after = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
         let mut o = in_sync(&before);
         o.loopback = after.loopback.clone();
-        let d = o.services.get_mut(&k).unwrap().dests.get_mut(&gone).unwrap();
+        let d = o
+            .services
+            .get_mut(&k)
+            .unwrap()
+            .dests
+            .get_mut(&gone)
+            .unwrap();
         d.weight = 0;
         d.active_conns = 2;
         d.inactive_conns = 1;
-        assert_eq!(plan(&after, &o, &never), vec![], "connections left, not expired");
+        assert_eq!(
+            plan(&after, &o, &never),
+            vec![],
+            "connections left, not expired"
+        );
         assert_eq!(
             plan(&after, &o, &|s, d| *s == k && *d == gone),
-            vec![Op::DelDest { service: k, dest: gone }],
+            vec![Op::DelDest {
+                service: k,
+                dest: gone
+            }],
             "grace period over"
         );
-        let d = o.services.get_mut(&k).unwrap().dests.get_mut(&gone).unwrap();
+        let d = o
+            .services
+            .get_mut(&k)
+            .unwrap()
+            .dests
+            .get_mut(&gone)
+            .unwrap();
         d.active_conns = 0;
         d.inactive_conns = 0;
-        assert_eq!(plan(&after, &o, &never), vec![Op::DelDest { service: k, dest: gone }], "idle");
+        assert_eq!(
+            plan(&after, &o, &never),
+            vec![Op::DelDest {
+                service: k,
+                dest: gone
+            }],
+            "idle"
+        );
         assert_eq!(draining(&after, &o), vec![(k, gone)]);
     }
 
@@ -364,11 +476,20 @@ mod tests {
         let before = desired(&[(k, "rr", &["10.0.0.11:53", "10.0.0.21:53"])]);
         let after = desired(&[(k, "rr", &["10.0.0.11:53"])]);
         let mut o = in_sync(&before);
-        o.services.get_mut(&k).unwrap().dests.get_mut(&sa("10.0.0.21:53")).unwrap().active_conns = 5;
+        o.services
+            .get_mut(&k)
+            .unwrap()
+            .dests
+            .get_mut(&sa("10.0.0.21:53"))
+            .unwrap()
+            .active_conns = 5;
         assert_eq!(
             plan(&after, &o, &never),
             vec![
-                Op::DelDest { service: k, dest: sa("10.0.0.21:53") },
+                Op::DelDest {
+                    service: k,
+                    dest: sa("10.0.0.21:53")
+                },
                 Op::DelLoopback(lb("10.0.0.21:53", Udp)),
             ]
         );
@@ -380,7 +501,10 @@ mod tests {
         let k = key(VIP, Tcp, 8080);
         let before = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
         let mut after = desired(&[(k, "wlc", &["10.0.0.11:8080"])]);
-        assert_eq!(plan(&after, &in_sync(&before), &never), vec![Op::UpdateService(vs(k, "wlc", None))]);
+        assert_eq!(
+            plan(&after, &in_sync(&before), &never),
+            vec![Op::UpdateService(vs(k, "wlc", None))]
+        );
         after.services.get_mut(&k).unwrap().service.persistence = Some(10800);
         assert_eq!(
             plan(&after, &in_sync(&before), &never),
@@ -391,7 +515,11 @@ mod tests {
     #[test]
     fn adoption_keeps_matching_state_and_repairs_weights_and_forwarding() {
         let k = key(VIP, Tcp, 8080);
-        let d = desired(&[(k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080", "10.0.0.31:8080"])]);
+        let d = desired(&[(
+            k,
+            "rr",
+            &["10.0.0.11:8080", "10.0.0.21:8080", "10.0.0.31:8080"],
+        )]);
         let mut o = in_sync(&d);
         let dests = &mut o.services.get_mut(&k).unwrap().dests;
         dests.get_mut(&sa("10.0.0.11:8080")).unwrap().active_conns = 7;
@@ -400,8 +528,16 @@ mod tests {
         assert_eq!(
             plan(&d, &o, &never),
             vec![
-                Op::UpdateDest { service: k, dest: sa("10.0.0.21:8080"), weight: 1 },
-                Op::UpdateDest { service: k, dest: sa("10.0.0.31:8080"), weight: 1 },
+                Op::UpdateDest {
+                    service: k,
+                    dest: sa("10.0.0.21:8080"),
+                    weight: 1
+                },
+                Op::UpdateDest {
+                    service: k,
+                    dest: sa("10.0.0.31:8080"),
+                    weight: 1
+                },
             ]
         );
     }
@@ -440,7 +576,10 @@ mod tests {
         o.services.get_mut(&k).unwrap().service.scheduler = "wlc".into();
         assert_eq!(
             plan(&d, &o, &never),
-            vec![Op::AddAddress(VIP.parse().unwrap()), Op::UpdateService(vs(k, "rr", None))]
+            vec![
+                Op::AddAddress(VIP.parse().unwrap()),
+                Op::UpdateService(vs(k, "rr", None))
+            ]
         );
     }
 
@@ -448,11 +587,17 @@ mod tests {
     fn removing_one_port_keeps_the_vip_for_the_other() {
         let tcp = key(VIP, Tcp, 8080);
         let udp = key(VIP, Udp, 8080);
-        let before = desired(&[(tcp, "rr", &["10.0.0.11:8080"]), (udp, "rr", &["10.0.0.11:8080"])]);
+        let before = desired(&[
+            (tcp, "rr", &["10.0.0.11:8080"]),
+            (udp, "rr", &["10.0.0.11:8080"]),
+        ]);
         let after = desired(&[(tcp, "rr", &["10.0.0.11:8080"])]);
         assert_eq!(
             plan(&after, &in_sync(&before), &never),
-            vec![Op::DelService(udp), Op::DelLoopback(lb("10.0.0.11:8080", Udp))]
+            vec![
+                Op::DelService(udp),
+                Op::DelLoopback(lb("10.0.0.11:8080", Udp))
+            ]
         );
     }
 
@@ -462,13 +607,20 @@ mod tests {
         let d = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
         let mut o = in_sync(&d);
         o.services.clear();
-        let stray = LoopbackEntry { ip2: "10.0.0.99".parse().unwrap(), ..lb("10.0.0.11:8080", Tcp) };
+        let stray = LoopbackEntry {
+            ip2: "10.0.0.99".parse().unwrap(),
+            ..lb("10.0.0.11:8080", Tcp)
+        };
         o.loopback.insert(stray);
         assert_eq!(
             plan(&d, &o, &never),
             vec![
                 Op::AddService(vs(k, "rr", None)),
-                Op::AddDest { service: k, dest: sa("10.0.0.11:8080"), weight: 1 },
+                Op::AddDest {
+                    service: k,
+                    dest: sa("10.0.0.11:8080"),
+                    weight: 1
+                },
                 Op::DelLoopback(stray),
             ]
         );

@@ -33,7 +33,13 @@ pub struct Sources {
 
 impl Sources {
     pub fn new(manifests: Vec<PathBuf>, attachments: PathBuf) -> Sources {
-        Sources { manifests, attachments, files: BTreeMap::new(), pods: BTreeMap::new(), errors: 0 }
+        Sources {
+            manifests,
+            attachments,
+            files: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            errors: 0,
+        }
     }
 
     /// Re-reads everything that changed; true if any input changed.
@@ -64,7 +70,8 @@ impl Sources {
     fn is_manifest_path(&self, p: &Path) -> bool {
         self.manifests.iter().any(|m| m == p)
             || (manifest::is_manifest_name(p)
-                && p.parent().is_some_and(|d| self.manifests.iter().any(|m| m == d && m.is_dir())))
+                && p.parent()
+                    .is_some_and(|d| self.manifests.iter().any(|m| m == d && m.is_dir())))
     }
 
     /// Re-reads changed manifest files and forgets removed ones; true if anything changed.
@@ -73,7 +80,10 @@ impl Sources {
         for input in &self.manifests {
             match std::fs::read_dir(input) {
                 Ok(entries) => present.extend(
-                    entries.flatten().map(|e| e.path()).filter(|p| manifest::is_manifest_name(p)),
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| manifest::is_manifest_name(p)),
                 ),
                 Err(_) if input.is_file() => {
                     present.insert(input.clone());
@@ -82,7 +92,12 @@ impl Sources {
             }
         }
         let mut changed = false;
-        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(*p)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
         for p in gone {
             changed |= self.reload_manifest(&p, None);
         }
@@ -107,7 +122,9 @@ impl Sources {
         };
         match manifest::load_file(path) {
             Ok(objects) => {
-                let old = self.files.insert(path.to_path_buf(), ManifestFile { stamp, objects });
+                let old = self
+                    .files
+                    .insert(path.to_path_buf(), ManifestFile { stamp, objects });
                 let objects = &self.files[path].objects;
                 let changed = old.is_none_or(|o| o.objects != *objects);
                 if changed {
@@ -121,7 +138,10 @@ impl Sources {
                 self.files
                     .entry(path.to_path_buf())
                     .and_modify(|f| f.stamp = stamp)
-                    .or_insert(ManifestFile { stamp, objects: Vec::new() });
+                    .or_insert(ManifestFile {
+                        stamp,
+                        objects: Vec::new(),
+                    });
                 false
             }
         }
@@ -190,15 +210,29 @@ pub fn listing(desired: &Desired) -> String {
     let mut out = String::new();
     for (key, s) in &desired.services {
         let proto = key.protocol.as_str().to_uppercase();
-        let _ = write!(out, "{proto:<5}{} {}", std::net::SocketAddr::new(key.addr, key.port), s.service.scheduler);
+        let _ = write!(
+            out,
+            "{proto:<5}{} {}",
+            std::net::SocketAddr::new(key.addr, key.port),
+            s.service.scheduler
+        );
         if let Some(t) = s.service.persistence {
             let _ = write!(out, " persistent {t}");
         }
         let _ = writeln!(out, "  # {}", s.origin);
         for ep in &s.endpoints {
-            let _ = writeln!(out, "  -> {ep:<24} Masq    {}", crate::model::ENDPOINT_WEIGHT);
+            let _ = writeln!(
+                out,
+                "  -> {ep:<24} Masq    {}",
+                crate::model::ENDPOINT_WEIGHT
+            );
         }
     }
-    let _ = writeln!(out, "loop-back set {}: {} entries", crate::model::LOOPBACK_SET, desired.loopback.len());
+    let _ = writeln!(
+        out,
+        "loop-back set {}: {} entries",
+        crate::model::LOOPBACK_SET,
+        desired.loopback.len()
+    );
     out
 }

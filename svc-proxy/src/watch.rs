@@ -17,15 +17,20 @@ pub struct Watches {
 impl Watches {
     /// Watches each manifest directory, the directory of each manifest file (editors and
     /// `kubectl`-style tools replace files by rename), and the attachment records recursively.
-    pub fn start(manifests: &[PathBuf], attachments: &Path, tx: Sender<Event>) -> notify::Result<Watches> {
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) => {
-                for p in ev.paths {
-                    let _ = tx.send(Event::Path(p));
+    pub fn start(
+        manifests: &[PathBuf],
+        attachments: &Path,
+        tx: Sender<Event>,
+    ) -> notify::Result<Watches> {
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(ev) => {
+                    for p in ev.paths {
+                        let _ = tx.send(Event::Path(p));
+                    }
                 }
-            }
-            Err(e) => log::warn!("file watch: {e}"),
-        })?;
+                Err(e) => log::warn!("file watch: {e}"),
+            })?;
         let mut dirs = BTreeSet::new();
         for m in manifests {
             if m.is_dir() {
@@ -37,7 +42,11 @@ impl Watches {
         for d in &dirs {
             watcher.watch(d, RecursiveMode::NonRecursive)?;
         }
-        let mut w = Watches { watcher, attachments: attachments.to_path_buf(), attachments_watched: false };
+        let mut w = Watches {
+            watcher,
+            attachments: attachments.to_path_buf(),
+            attachments_watched: false,
+        };
         w.retry_attachments();
         Ok(w)
     }
@@ -47,12 +56,21 @@ impl Watches {
         if self.attachments_watched {
             return;
         }
-        match self.watcher.watch(&self.attachments, RecursiveMode::Recursive) {
+        match self
+            .watcher
+            .watch(&self.attachments, RecursiveMode::Recursive)
+        {
             Ok(()) => {
                 self.attachments_watched = true;
-                log::info!("watching attachment records in {}", self.attachments.display());
+                log::info!(
+                    "watching attachment records in {}",
+                    self.attachments.display()
+                );
             }
-            Err(e) => log::warn!("attachment records {}: {e}; retrying at the next resync", self.attachments.display()),
+            Err(e) => log::warn!(
+                "attachment records {}: {e}; retrying at the next resync",
+                self.attachments.display()
+            ),
         }
     }
 }

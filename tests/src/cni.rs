@@ -89,6 +89,7 @@ pub struct Invocation {
     node: Option<PathBuf>,
     env: BTreeMap<String, String>,
     stdin: Vec<u8>,
+    kill_after: Option<std::time::Duration>,
 }
 
 impl Invocation {
@@ -102,6 +103,7 @@ impl Invocation {
             node: None,
             env,
             stdin: Vec::new(),
+            kill_after: None,
         }
     }
 
@@ -114,7 +116,8 @@ impl Invocation {
 
     /// `CNI_CONTAINERID` and `CNI_NETNS` for `pod`.
     pub fn pod(self, pod: &Pod) -> Invocation {
-        self.container_id(&pod.id).netns(&pod.ns.path().to_string_lossy())
+        self.container_id(&pod.id)
+            .netns(&pod.ns.path().to_string_lossy())
     }
 
     /// `CNI_CONTAINERID`.
@@ -182,6 +185,14 @@ impl Invocation {
         }
     }
 
+    /// Like [`Invocation::run`], but SIGKILLs the plugin `after` its start (a runtime or node
+    /// dying mid-operation); a plugin that finished earlier is reported normally.
+    pub fn run_killed_after(&self, after: std::time::Duration) -> Outcome {
+        let mut killing = self.clone();
+        killing.kill_after = Some(after);
+        killing.run()
+    }
+
     fn spawn(&self) -> Outcome {
         let mut child = Command::new(&self.program)
             .env_clear()
@@ -196,6 +207,11 @@ impl Invocation {
         // A plugin that rejects its environment may exit before reading stdin.
         let _ = stdin.write_all(&self.stdin);
         drop(stdin);
+        if let Some(after) = self.kill_after {
+            std::thread::sleep(after);
+            // Fails only when the plugin was already reaped, which cannot happen before wait.
+            let _ = child.kill();
+        }
         let out = child.wait_with_output().expect("wait for plugin");
         Outcome {
             invocation: self.describe(),
@@ -387,9 +403,8 @@ impl Node {
         crate::fs::snapshot(&self.state_dir().join(network))
             .into_iter()
             .map(|(path, content)| {
-                let value = serde_json::from_slice(&content).unwrap_or_else(|e| {
-                    panic!("record {} is not JSON: {e}", path.display())
-                });
+                let value = serde_json::from_slice(&content)
+                    .unwrap_or_else(|e| panic!("record {} is not JSON: {e}", path.display()));
                 (path.to_string_lossy().into_owned(), value)
             })
             .collect()
@@ -523,7 +538,10 @@ impl AddResult {
         } else {
             (host[1], host[0])
         };
-        assert_eq!(br["name"], bridge, "bridge missing from interfaces: {result}");
+        assert_eq!(
+            br["name"], bridge,
+            "bridge missing from interfaces: {result}"
+        );
         let ips = result["ips"]
             .as_array()
             .unwrap_or_else(|| panic!("result has no ips[]: {result}"));

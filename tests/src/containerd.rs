@@ -3,8 +3,8 @@
 //!
 //! - [`Containerd`]: a containerd started inside a test's "node" namespace with its own root, state
 //!   and socket under a temp dir; dropping it removes its tasks, stops it by PID, kills the shims it
-//!   started (found by its socket), unmounts everything under its dir and removes the pod netns the
-//!   CRI left in `/run/netns`.
+//!   started (found by its socket), unmounts everything under its dir, removes the pod netns the
+//!   CRI left in `/run/netns` and the empty parent cgroups runc created.
 //! - [`CniInstall`]: the plugin binaries in `/opt/cni/bin` and one conflist in `/etc/cni/net.d`
 //!   (fixed paths for `ctr` 1.6), plus the plugin's state directories, each moved aside while the
 //!   test runs and put back on drop, also when the test panics.
@@ -37,6 +37,10 @@ const LIBCNI_CACHE: &str = "/var/lib/cni/results";
 
 /// Where the CRI bind-mounts the pod network namespaces it creates (`cni-<uuid>`).
 const RUN_NETNS: &str = "/run/netns";
+
+/// The parent cgroups runc creates in every hierarchy for ctr's (`default`) and the CRI's
+/// (`k8s.io`) containers, and leaves behind empty.
+const RUNTIME_CGROUPS: [&str; 2] = ["default", "k8s.io"];
 
 static GLOBAL_PATHS: Mutex<()> = Mutex::new(());
 
@@ -273,8 +277,11 @@ impl CniInstall {
         let libcni_cache = AddedEntries::track(Path::new(LIBCNI_CACHE));
 
         let conf_path = Path::new("/etc/cni/net.d").join(format!("10-{network}.conflist"));
-        std::fs::write(&conf_path, serde_json::to_vec_pretty(conflist).expect("json"))
-            .unwrap_or_else(|e| panic!("write {}: {e}", conf_path.display()));
+        std::fs::write(
+            &conf_path,
+            serde_json::to_vec_pretty(conflist).expect("json"),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", conf_path.display()));
 
         let calls_dir = tapped.map(|_| TempDir::new("cni-calls"));
         for (name, source) in plugins {
@@ -325,7 +332,9 @@ impl CniInstall {
 
     /// The attachment record of `container_id`/`ifname`, if present.
     pub fn record(&self, container_id: &str, ifname: &str) -> Option<Value> {
-        let path = self.records_dir.join(format!("{container_id}.{ifname}.json"));
+        let path = self
+            .records_dir
+            .join(format!("{container_id}.{ifname}.json"));
         let text = std::fs::read_to_string(&path).ok()?;
         Some(
             serde_json::from_str(&text)
@@ -357,9 +366,8 @@ impl CniInstall {
 }
 
 fn copy_executable(source: &Path, dest: &Path) {
-    std::fs::copy(source, dest).unwrap_or_else(|e| {
-        panic!("install {} as {}: {e}", source.display(), dest.display())
-    });
+    std::fs::copy(source, dest)
+        .unwrap_or_else(|e| panic!("install {} as {}: {e}", source.display(), dest.display()));
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
@@ -400,18 +408,14 @@ impl Calls {
     fn read(dir: &Path) -> Calls {
         let mut seqs: Vec<String> = entries(dir)
             .into_iter()
-            .filter_map(|n| {
-                n.to_string_lossy()
-                    .strip_suffix(".env")
-                    .map(str::to_string)
-            })
+            .filter_map(|n| n.to_string_lossy().strip_suffix(".env").map(str::to_string))
             .collect();
         seqs.sort_by_key(|s| s.parse::<u128>().unwrap_or_default());
         let calls = seqs
             .iter()
             .map(|seq| {
-                let env = std::fs::read_to_string(dir.join(format!("{seq}.env")))
-                    .unwrap_or_default();
+                let env =
+                    std::fs::read_to_string(dir.join(format!("{seq}.env"))).unwrap_or_default();
                 let var = |k: &str| {
                     env.lines()
                         .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -478,6 +482,7 @@ pub struct Containerd {
     dir: TempDir,
     daemon: Child,
     netns_before: BTreeSet<OsString>,
+    cgroups_before: BTreeSet<PathBuf>,
 }
 
 impl Containerd {
@@ -509,6 +514,7 @@ impl Containerd {
             dir,
             daemon,
             netns_before: entries(Path::new(RUN_NETNS)),
+            cgroups_before: runtime_cgroups(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -670,14 +676,42 @@ impl Drop for Containerd {
             let _ = kill(shim, Signal::SIGKILL);
         }
         unmount_below(self.dir.path());
+        for cgroup in runtime_cgroups().difference(&self.cgroups_before) {
+            // rmdir only succeeds on an empty cgroup, so anything still in use stays.
+            let _ = std::fs::remove_dir(cgroup);
+        }
         for name in entries(Path::new(RUN_NETNS)).difference(&self.netns_before) {
-            if name.to_string_lossy().starts_with("cni-") {
+            if is_cri_netns_name(&name.to_string_lossy()) {
                 let path = Path::new(RUN_NETNS).join(name);
                 let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
                 let _ = std::fs::remove_file(&path);
             }
         }
     }
+}
+
+/// `cni-<uuid>`, the CRI's pod netns names; other tests' namespaces never match.
+fn is_cri_netns_name(name: &str) -> bool {
+    let Some(uuid) = name.strip_prefix("cni-") else {
+        return false;
+    };
+    let groups: Vec<&str> = uuid.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The [`RUNTIME_CGROUPS`] that exist now, in every cgroup hierarchy.
+fn runtime_cgroups() -> BTreeSet<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .flat_map(|h| RUNTIME_CGROUPS.map(|name| h.path().join(name)))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Lazily unmounts every mount point at or below `dir`, deepest first (containerd's rootfs and

@@ -82,7 +82,11 @@ pub fn addresses(ns: &Netns) -> BTreeSet<(String, String)> {
         let dev = l["ifname"].as_str().unwrap_or_default();
         for a in l["addr_info"].as_array().into_iter().flatten() {
             if a["scope"] == "global" {
-                let cidr = format!("{}/{}", a["local"].as_str().unwrap_or_default(), a["prefixlen"]);
+                let cidr = format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or_default(),
+                    a["prefixlen"]
+                );
                 out.insert((dev.to_string(), cidr));
             }
         }
@@ -198,7 +202,8 @@ pub struct NodeState {
     pub ipsets: BTreeMap<String, BTreeSet<String>>,
     pub iptables: Vec<String>,
     pub ip_forward: String,
-    pub files: BTreeMap<PathBuf, Vec<u8>>,
+    /// Path → content (lossy UTF-8, so a failed comparison prints readable JSON records).
+    pub files: BTreeMap<PathBuf, String>,
 }
 
 impl NodeState {
@@ -216,7 +221,10 @@ impl NodeState {
         let mut files = BTreeMap::new();
         for dir in dirs {
             for (rel, content) in crate::fs::snapshot(dir) {
-                files.insert(dir.join(rel), content);
+                files.insert(
+                    dir.join(rel),
+                    String::from_utf8_lossy(&content).into_owned(),
+                );
             }
         }
         NodeState {

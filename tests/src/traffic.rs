@@ -25,7 +25,8 @@ pub struct WhoServer {
 impl WhoServer {
     /// Listens on `addr` inside `ns` and answers each connection with the peer's IP and `\n`.
     pub fn start(ns: &Netns, addr: SocketAddr) -> WhoServer {
-        let listener = ns.run(|| TcpListener::bind(addr))
+        let listener = ns
+            .run(|| TcpListener::bind(addr))
             .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()));
         // Non-blocking so the thread notices `stop` between connections.
         listener.set_nonblocking(true).expect("nonblocking");

@@ -31,15 +31,30 @@ fn set_members(node: &Node) -> BTreeSet<String> {
 fn assert_released(node: &Node, pod: Option<&Pod>, r: &AddResult) {
     let ip = r.ip_addr().to_string();
     let reservations = node.reservations(NET);
-    assert!(!reservations.contains_key(&ip), "IP still reserved: {reservations:?}");
-    assert!(!set_members(node).contains(&ip), "IP still in the masquerade set");
+    assert!(
+        !reservations.contains_key(&ip),
+        "IP still reserved: {reservations:?}"
+    );
+    assert!(
+        !set_members(node).contains(&ip),
+        "IP still in the masquerade set"
+    );
     let veth = r.host_veth_name();
-    assert!(observe::link(&node.ns, &veth).is_none(), "host veth {veth} left behind");
+    assert!(
+        observe::link(&node.ns, &veth).is_none(),
+        "host veth {veth} left behind"
+    );
     if let Some(pod) = pod {
-        assert!(observe::link(&pod.ns, "eth0").is_none(), "pod eth0 left behind");
+        assert!(
+            observe::link(&pod.ns, "eth0").is_none(),
+            "pod eth0 left behind"
+        );
     }
     let records = node.records(NET);
-    assert!(records.is_empty(), "attachment record left behind: {records:?}");
+    assert!(
+        records.is_empty(),
+        "attachment record left behind: {records:?}"
+    );
 }
 
 fn add(f: &Flavor, node: &Node, config: &Value, pod: &Pod) -> (Value, AddResult) {
@@ -158,8 +173,16 @@ fn failed_add_on_exhausted_range_rolls_back() {
     let before = node.state();
     let pod_before = observe::links(&b.ns);
     node.add(&f.plugin, &config, &b).error();
-    assert_eq!(node.state(), before, "failed ADD must roll back on the node");
-    assert_eq!(observe::links(&b.ns), pod_before, "failed ADD must roll back in the pod");
+    assert_eq!(
+        node.state(),
+        before,
+        "failed ADD must roll back on the node"
+    );
+    assert_eq!(
+        observe::links(&b.ns),
+        pod_before,
+        "failed ADD must roll back in the pod"
+    );
 }
 
 /// A delegated IPAM plugin that fails (here: not on CNI_PATH) leaves nothing behind.
@@ -176,8 +199,16 @@ fn failed_delegated_ipam_rolls_back() {
     let before = node.state();
     let pod_before = observe::links(&b.ns);
     node.add(&f.plugin, &broken, &b).error();
-    assert_eq!(node.state(), before, "failed ADD must roll back on the node");
-    assert_eq!(observe::links(&b.ns), pod_before, "failed ADD must roll back in the pod");
+    assert_eq!(
+        node.state(),
+        before,
+        "failed ADD must roll back on the node"
+    );
+    assert_eq!(
+        observe::links(&b.ns),
+        pod_before,
+        "failed ADD must roll back in the pod"
+    );
 }
 
 /// 50 ADDs racing on one fresh network (also racing to create the bridge): all succeed with 50
@@ -219,11 +250,99 @@ fn fifty_parallel_adds_then_dels() {
         }
     });
 
-    assert!(observe::veths(&node.ns).is_empty(), "veths left on the node");
+    assert!(
+        observe::veths(&node.ns).is_empty(),
+        "veths left on the node"
+    );
     assert!(node.reservations(NET).is_empty(), "reservations left");
     assert!(set_members(&node).is_empty(), "set entries left");
     assert!(node.records(NET).is_empty(), "records left");
     for pod in &pods {
         assert!(observe::link(&pod.ns, "eth0").is_none());
+    }
+}
+
+/// Node state that must be gone once no pod is attached: veths, reservations, set entries,
+/// records (the bridge, the set and the constant rules may stay).
+fn assert_no_attachments(node: &Node) {
+    assert!(
+        observe::veths(&node.ns).is_empty(),
+        "veths left: {:?}",
+        observe::veths(&node.ns)
+    );
+    assert!(
+        node.reservations(NET).is_empty(),
+        "reservations left: {:?}",
+        node.reservations(NET)
+    );
+    let sets: Vec<String> = observe::ipset_names(&node.ns)
+        .into_iter()
+        .filter(|s| s.starts_with("CNIB-"))
+        .collect();
+    for set in sets {
+        let members = observe::ipset_members(&node.ns, &set);
+        assert!(members.is_empty(), "set {set} still holds {members:?}");
+    }
+    assert!(
+        node.records(NET).is_empty(),
+        "records left: {:?}",
+        node.records(NET)
+    );
+}
+
+/// ADD killed at various points, then the runtime's DEL (no prevResult, as after a crash):
+/// nothing of the attachment survives, wherever the kill landed.
+#[test]
+fn add_killed_midway_is_cleaned_by_del() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("kill-node");
+    let config = config(&f, &node);
+    for ms in [0u64, 1, 2, 3, 4, 6, 8, 12, 20, 40] {
+        let pod = node.pod("kill-pod");
+        node.invoke(&f.plugin, "ADD")
+            .pod(&pod)
+            .ifname("eth0")
+            .config(&config)
+            .run_killed_after(std::time::Duration::from_millis(ms));
+        node.del(&f.plugin, &config, &pod).success_empty();
+        assert_no_attachments(&node);
+        assert!(
+            observe::link(&pod.ns, "eth0").is_none(),
+            "pod eth0 left (kill at {ms} ms)"
+        );
+    }
+}
+
+/// ADD killed at various points, then GC with no valid attachment: the node is clean.
+#[test]
+fn add_killed_midway_is_cleaned_by_gc() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("killgc-node");
+    let mut config = config(&f, &node);
+    config["cniVersion"] = json!("1.1.0");
+    let pods: Vec<Pod> = [0u64, 1, 2, 4, 8, 16]
+        .iter()
+        .map(|&ms| {
+            let pod = node.pod("killgc-pod");
+            node.invoke(&f.plugin, "ADD")
+                .pod(&pod)
+                .ifname("eth0")
+                .config(&config)
+                .run_killed_after(std::time::Duration::from_millis(ms));
+            pod
+        })
+        .collect();
+    let mut gc = config.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    node.invoke(&f.plugin, "GC")
+        .config(&gc)
+        .run()
+        .success_empty();
+    assert_no_attachments(&node);
+    for pod in &pods {
+        assert!(
+            observe::link(&pod.ns, "eth0").is_none(),
+            "pod eth0 left after GC"
+        );
     }
 }

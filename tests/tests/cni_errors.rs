@@ -48,8 +48,16 @@ impl Case {
             err.text().contains(needle),
             "error should name `{needle}`: {err:?}\n{out}"
         );
-        assert_eq!(self.node.state(), before, "node changed by rejected input:\n{out}");
-        assert_eq!(observe::links(&self.pod.ns), pod_before, "pod changed:\n{out}");
+        assert_eq!(
+            self.node.state(),
+            before,
+            "node changed by rejected input:\n{out}"
+        );
+        assert_eq!(
+            observe::links(&self.pod.ns),
+            pod_before,
+            "pod changed:\n{out}"
+        );
     }
 
     fn with(&self, key: &str, value: Value) -> Value {
@@ -62,7 +70,11 @@ impl Case {
 #[test]
 fn bad_json_is_6() {
     let c = Case::new();
-    c.rejects(c.add().stdin(b"{\"cniVersion\": \"1.0.0\", \"name\":"), 6, "");
+    c.rejects(
+        c.add().stdin(b"{\"cniVersion\": \"1.0.0\", \"name\":"),
+        6,
+        "",
+    );
 }
 
 #[test]
@@ -204,16 +216,20 @@ fn hairpin_with_promisc_is_7() {
 #[test]
 fn missing_netns_path_is_3() {
     let c = Case::new();
-    c.rejects(c.add().netns("/run/netns/does-not-exist-here"), 3, "does-not-exist-here");
+    c.rejects(
+        c.add().netns("/run/netns/does-not-exist-here"),
+        3,
+        "does-not-exist-here",
+    );
 }
 
 /// An existing link named like the bridge that is not a bridge: a clear error, nothing touched.
 #[test]
 fn bridge_name_taken_by_a_non_bridge_fails() {
     let c = Case::new();
-    c.node
-        .ns
-        .ip(&["link", "add", "cnib0", "type", "veth", "peer", "name", "cnib0p"]);
+    c.node.ns.ip(&[
+        "link", "add", "cnib0", "type", "veth", "peer", "name", "cnib0p",
+    ]);
     let before = c.node.state();
     let out = c.add().run();
     let err = out.error();

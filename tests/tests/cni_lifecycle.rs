@@ -32,7 +32,13 @@ fn masq_set(node: &Node) -> String {
     sets[0].clone()
 }
 
-fn check(f: &Flavor, node: &Node, config: &Value, prev: &Value, pod: &Pod) -> node_tests::cni::Outcome {
+fn check(
+    f: &Flavor,
+    node: &Node,
+    config: &Value,
+    prev: &Value,
+    pod: &Pod,
+) -> node_tests::cni::Outcome {
     node.invoke(&f.plugin, "CHECK")
         .pod(pod)
         .ifname("eth0")
@@ -51,7 +57,10 @@ fn assert_check(f: &Flavor) {
     pod.ns.ip(&["addr", "del", &r.address(), "dev", "eth0"]);
     let out = check(f, &node, &config, &result, &pod);
     let err = out.error();
-    assert!(err.text().contains(&r.ip_addr().to_string()), "names the address: {err:?}");
+    assert!(
+        err.text().contains(&r.ip_addr().to_string()),
+        "names the address: {err:?}"
+    );
 
     // CHECK without prevResult is refused.
     node.invoke(&f.plugin, "CHECK")
@@ -80,7 +89,8 @@ fn check_fails_when_host_veth_leaves_the_bridge() {
     let pod = node.pod("chkbr-pod");
     let config = config(&f, &node);
     let (result, r) = add(&f, &node, &config, &pod);
-    node.ns.ip(&["link", "set", &r.host_veth_name(), "nomaster"]);
+    node.ns
+        .ip(&["link", "set", &r.host_veth_name(), "nomaster"]);
     check(&f, &node, &config, &result, &pod).error();
 }
 
@@ -132,10 +142,30 @@ fn held(pod: &Pod, r: &AddResult) -> Held {
 
 fn assert_holds(node: &Node, h: &Held, yes: bool) {
     let set = masq_set(node);
-    assert_eq!(node.reservations(NET).contains_key(&h.ip), yes, "reservation {}", h.ip);
-    assert_eq!(observe::ipset_members(&node.ns, &set).contains(&h.ip), yes, "set {}", h.ip);
-    assert_eq!(observe::link(&node.ns, &h.veth).is_some(), yes, "veth {}", h.veth);
-    assert_eq!(node.records(NET).contains_key(&h.record), yes, "record {}", h.record);
+    assert_eq!(
+        node.reservations(NET).contains_key(&h.ip),
+        yes,
+        "reservation {}",
+        h.ip
+    );
+    assert_eq!(
+        observe::ipset_members(&node.ns, &set).contains(&h.ip),
+        yes,
+        "set {}",
+        h.ip
+    );
+    assert_eq!(
+        observe::link(&node.ns, &h.veth).is_some(),
+        yes,
+        "veth {}",
+        h.veth
+    );
+    assert_eq!(
+        node.records(NET).contains_key(&h.record),
+        yes,
+        "record {}",
+        h.record
+    );
 }
 
 fn assert_gc(f: &Flavor, key: &str) {
@@ -148,16 +178,29 @@ fn assert_gc(f: &Flavor, key: &str) {
         .collect();
     let mut gc = config.clone();
     gc[key] = json!([{"containerID": pods[0].id, "ifname": "eth0"}]);
-    node.invoke(&f.plugin, "GC").config(&gc).run().success_empty();
+    node.invoke(&f.plugin, "GC")
+        .config(&gc)
+        .run()
+        .success_empty();
     assert_holds(&node, &held[0], true);
     assert_holds(&node, &held[1], false);
     assert_holds(&node, &held[2], false);
-    assert!(observe::link(&pods[1].ns, "eth0").is_none(), "GCed pod interface");
-    assert_eq!(observe::addresses_of(&pods[0].ns, "eth0").len(), 1, "kept pod untouched");
+    assert!(
+        observe::link(&pods[1].ns, "eth0").is_none(),
+        "GCed pod interface"
+    );
+    assert_eq!(
+        observe::addresses_of(&pods[0].ns, "eth0").len(),
+        1,
+        "kept pod untouched"
+    );
 
     // GC again is a no-op.
     let before = node.state();
-    node.invoke(&f.plugin, "GC").config(&gc).run().success_empty();
+    node.invoke(&f.plugin, "GC")
+        .config(&gc)
+        .run()
+        .success_empty();
     assert_eq!(node.state(), before);
 }
 
@@ -173,7 +216,10 @@ fn gc_accepts_the_older_attachments_key() {
 
 #[test]
 fn gc_with_delegated_ipam() {
-    assert_gc(&Flavor::cni_bridge_delegating(), "cni.dev/valid-attachments");
+    assert_gc(
+        &Flavor::cni_bridge_delegating(),
+        "cni.dev/valid-attachments",
+    );
 }
 
 /// Every verb through the delegated `host-local`: its files hold the reservation, DEL releases it.
@@ -186,8 +232,15 @@ fn delegated_host_local_add_del() {
     let (result, r) = add(&f, &node, &config, &pod);
     assert_eq!(r.address(), "10.0.0.2/24");
     let res = node.reservations(NET);
-    assert_eq!(res.get("10.0.0.2").map(String::as_str), Some(format!("{}\r\neth0", pod.id).as_str()));
-    assert!(node.data_dir().join(NET).join("last_reserved_ip.0").is_file());
+    assert_eq!(
+        res.get("10.0.0.2").map(String::as_str),
+        Some(format!("{}\r\neth0", pod.id).as_str())
+    );
+    assert!(node
+        .data_dir()
+        .join(NET)
+        .join("last_reserved_ip.0")
+        .is_file());
     assert_eq!(observe::addresses_of(&pod.ns, "eth0"), ["10.0.0.2/24"]);
     node.del(&f.plugin, &with_prev_result(&config, &result), &pod)
         .success_empty();
@@ -195,51 +248,103 @@ fn delegated_host_local_add_del() {
     assert!(node.records(NET).is_empty());
 }
 
-/// Requested IPs (`args.cni.ips`, `CNI_ARGS IP=`) with the built-in allocator, as host-local.
-#[test]
-fn builtin_ipam_honours_requested_ips() {
-    let f = Flavor::cni_bridge();
-    let node = Node::new("req-node");
-    let mut config = config(&f, &node);
-    let a = node.pod("req-a");
-    let mut with_ips = config.clone();
-    with_ips["args"] = json!({"cni": {"ips": ["10.0.0.77"]}});
-    let (_, ra) = add(&f, &node, &with_ips, &a);
-    assert_eq!(ra.address(), "10.0.0.77/24");
+/// One allocation sequence (plain, `args.cni.ips`, `CNI_ARGS IP=`, `runtimeConfig.ips`,
+/// release and reuse, a changed `rangeStart`) on a fresh node; returns the IPs handed out.
+fn allocation_sequence(f: &Flavor) -> Vec<String> {
+    let node = Node::new("seq-node");
+    let config = config(f, &node);
+    let step = |config: &Value, args: &str| {
+        let pod = node.pod("seq-pod");
+        let inv = node
+            .invoke(&f.plugin, "ADD")
+            .pod(&pod)
+            .ifname("eth0")
+            .args(args);
+        let r = AddResult::parse(&inv.config(config).run().success(), "cnib0");
+        (r.address(), pod)
+    };
+    let mut args_ips = config.clone();
+    args_ips["args"] = json!({"cni": {"ips": ["10.0.0.77"]}});
+    let mut runtime_ips = config.clone();
+    runtime_ips["runtimeConfig"] = json!({"ips": ["10.0.0.40/24"]});
+    let mut narrowed = config.clone();
+    narrowed["ipam"]["rangeStart"] = json!("10.0.0.100");
 
-    let b = node.pod("req-b");
-    let result = node
-        .invoke(&f.plugin, "ADD")
-        .pod(&b)
-        .ifname("eth0")
-        .args("IgnoreUnknown=1;IP=10.0.0.78")
-        .config(&config)
-        .run()
-        .success();
-    assert_eq!(AddResult::parse(&result, "cnib0").address(), "10.0.0.78/24");
+    let (first, first_pod) = step(&config, "");
+    let mut ips = vec![first];
+    let mut pods = vec![first_pod];
+    for (c, args) in [
+        (&args_ips, ""),
+        (&config, "IgnoreUnknown=1;IP=10.0.0.78"),
+        (&runtime_ips, ""),
+        (&config, ""),
+    ] {
+        let (ip, pod) = step(c, args);
+        ips.push(ip);
+        pods.push(pod);
+    }
+    node.del(&f.plugin, &config, &pods[0]).success_empty();
+    for c in [&narrowed, &config] {
+        let (ip, pod) = step(c, "");
+        ips.push(ip);
+        pods.push(pod);
+    }
 
     // A requested IP already taken is refused, with nothing left behind.
-    let c = node.pod("req-c");
     let before = node.state();
-    node.add(&f.plugin, &with_ips, &c).error();
-    assert_eq!(node.state(), before);
+    let pod = node.pod("seq-taken");
+    node.add(&f.plugin, &args_ips, &pod).error();
+    assert_eq!(node.state(), before, "{}", f.ipam_type);
+    ips
+}
 
-    config["ipam"]["rangeStart"] = json!("10.0.0.10");
-    let d = node.pod("req-d");
-    let (_, rd) = add(&f, &node, &config, &d);
-    assert_eq!(rd.address(), "10.0.0.10/24", "rangeStart honoured");
+/// The built-in allocator hands out exactly what host-local hands out, step by step.
+#[test]
+fn builtin_ipam_allocates_like_host_local() {
+    let builtin = allocation_sequence(&Flavor::cni_bridge());
+    let host_local = allocation_sequence(&Flavor::cni_bridge_delegating());
+    assert_eq!(builtin, host_local);
+    assert_eq!(
+        &builtin[..4],
+        [
+            "10.0.0.2/24",
+            "10.0.0.77/24",
+            "10.0.0.78/24",
+            "10.0.0.40/24"
+        ]
+    );
 }
 
 /// Link shape compared across plugins: everything but names, indexes and MACs (random per ADD).
-fn shape(l: &Link) -> (Option<String>, Option<String>, u64, bool, bool, Option<bool>) {
-    (l.kind.clone(), l.master.clone(), l.mtu, l.up, l.promisc, l.hairpin)
+fn shape(
+    l: &Link,
+) -> (
+    Option<String>,
+    Option<String>,
+    u64,
+    bool,
+    bool,
+    Option<bool>,
+) {
+    (
+        l.kind.clone(),
+        l.master.clone(),
+        l.mtu,
+        l.up,
+        l.promisc,
+        l.hairpin,
+    )
 }
 
 /// Kernel state both plugins must agree on after one ADD of `pod` on `node`.
 fn kernel_view(node: &Node, pod: &Pod) -> Vec<String> {
     let mut v = Vec::new();
     for l in observe::links(&node.ns) {
-        let name = if l.kind.as_deref() == Some("veth") { "<veth>".into() } else { l.name.clone() };
+        let name = if l.kind.as_deref() == Some("veth") {
+            "<veth>".into()
+        } else {
+            l.name.clone()
+        };
         v.push(format!("node link {name} {:?}", shape(&l)));
     }
     for (dev, a) in observe::addresses(&node.ns) {
@@ -250,7 +355,10 @@ fn kernel_view(node: &Node, pod: &Pod) -> Vec<String> {
     for r in observe::routes(&node.ns) {
         v.push(format!("node route {r:?}"));
     }
-    v.push(format!("node ip_forward {}", observe::sysctl(&node.ns, "net/ipv4/ip_forward")));
+    v.push(format!(
+        "node ip_forward {}",
+        observe::sysctl(&node.ns, "net/ipv4/ip_forward")
+    ));
     for l in observe::links(&pod.ns) {
         v.push(format!("pod link {} {:?}", l.name, shape(&l)));
     }
@@ -283,15 +391,27 @@ fn switching_from_reference_bridge_keeps_state_and_reservations() {
     };
     let pod_ref = node_ref.pod("sw-rp");
     let pod_new = node_new.pod("sw-np");
-    let (_, r_ref) = add(&reference, &node_ref, &conf_for(&reference, &node_ref), &pod_ref);
+    let (_, r_ref) = add(
+        &reference,
+        &node_ref,
+        &conf_for(&reference, &node_ref),
+        &pod_ref,
+    );
     add(&ours, &node_new, &conf_for(&ours, &node_new), &pod_new);
-    assert_eq!(kernel_view(&node_new, &pod_new), kernel_view(&node_ref, &pod_ref));
+    assert_eq!(
+        kernel_view(&node_new, &pod_new),
+        kernel_view(&node_ref, &pod_ref)
+    );
 
     // On the reference node, switch `type` and `ipam.type` only; reuse its dataDir.
     let switched = conf_for(&ours, &node_ref);
     let pod2 = node_ref.pod("sw-p2");
     let (_, r2) = add(&ours, &node_ref, &switched, &pod2);
-    assert_ne!(r2.ip_addr(), r_ref.ip_addr(), "duplicate IP after switching");
+    assert_ne!(
+        r2.ip_addr(),
+        r_ref.ip_addr(),
+        "duplicate IP after switching"
+    );
     let reserved: BTreeSet<String> = node_ref.reservations(NET).into_keys().collect();
     let want: BTreeSet<String> = [r_ref.ip_addr().to_string(), r2.ip_addr().to_string()].into();
     assert_eq!(reserved, want);
@@ -302,7 +422,11 @@ fn switching_from_reference_bridge_keeps_state_and_reservations() {
     );
 
     // cni-bridge DEL of the pod the reference plugin added releases its IP and interface.
-    node_ref.del(&ours.plugin, &switched, &pod_ref).success_empty();
-    assert!(!node_ref.reservations(NET).contains_key(&r_ref.ip_addr().to_string()));
+    node_ref
+        .del(&ours.plugin, &switched, &pod_ref)
+        .success_empty();
+    assert!(!node_ref
+        .reservations(NET)
+        .contains_key(&r_ref.ip_addr().to_string()));
     assert!(observe::link(&pod_ref.ns, "eth0").is_none());
 }

@@ -56,13 +56,25 @@ fn assert_traffic(f: &Flavor) {
     assert_eq!(who_am_i(&b.ns, srv_a.addr()).expect("pod b -> pod a"), ip_b);
     assert_eq!(who_am_i(&a.ns, srv_b.addr()).expect("pod a -> pod b"), ip_a);
     // node → pod, from the node's address on the bridge.
-    assert_eq!(who_am_i(&node.ns, srv_a.addr()).expect("node -> pod a"), gateway);
+    assert_eq!(
+        who_am_i(&node.ns, srv_a.addr()).expect("node -> pod a"),
+        gateway
+    );
     // pod → node, not SNATed.
-    assert_eq!(who_am_i(&a.ns, srv_node.addr()).expect("pod a -> node"), ip_a);
+    assert_eq!(
+        who_am_i(&a.ns, srv_node.addr()).expect("pod a -> node"),
+        ip_a
+    );
     // pod → outside, SNATed to the node's uplink address.
     let nat: IpAddr = NODE_UPLINK.parse().unwrap();
-    assert_eq!(who_am_i(&a.ns, srv_out.addr()).expect("pod a -> outside"), nat);
-    assert_eq!(who_am_i(&b.ns, srv_out.addr()).expect("pod b -> outside"), nat);
+    assert_eq!(
+        who_am_i(&a.ns, srv_out.addr()).expect("pod a -> outside"),
+        nat
+    );
+    assert_eq!(
+        who_am_i(&b.ns, srv_out.addr()).expect("pod b -> outside"),
+        nat
+    );
 }
 
 #[test]
@@ -100,10 +112,15 @@ fn masquerade_set_tracks_pods_with_a_constant_rule_count() {
     let set = &sets[0];
     assert_eq!(observe::ipset_type(&node.ns, set), "hash:ip");
     assert!(
-        rules_one.iter().any(|r| r.contains(&format!("--match-set {set} src"))),
+        rules_one
+            .iter()
+            .any(|r| r.contains(&format!("--match-set {set} src"))),
         "a rule matches the set: {rules_one:#?}"
     );
-    assert!(rules_one.iter().any(|r| r.contains("MASQUERADE")), "{rules_one:#?}");
+    assert!(
+        rules_one.iter().any(|r| r.contains("MASQUERADE")),
+        "{rules_one:#?}"
+    );
 
     for pod in &pods[1..] {
         ips.push(add(&f, &node, &config, pod).to_string());
@@ -120,8 +137,16 @@ fn masquerade_set_tracks_pods_with_a_constant_rule_count() {
         node.del(&f.plugin, &config, pod).success();
     }
     let members = observe::ipset_members(&node.ns, set);
-    assert_eq!(members, ips[2..].iter().cloned().collect(), "DEL removes set entries");
-    assert_eq!(observe::iptables_rules(&node.ns), rules_one, "DEL leaves the rules");
+    assert_eq!(
+        members,
+        ips[2..].iter().cloned().collect(),
+        "DEL removes set entries"
+    );
+    assert_eq!(
+        observe::iptables_rules(&node.ns),
+        rules_one,
+        "DEL leaves the rules"
+    );
 }
 
 /// Two networks on one node get separate sets, and each keeps its own constant rules.

@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 
 /// The network as the project ships it: the only `conf/*.conflist`.
 fn shipped_conflist() -> Value {
-    let dir = repo_root().join("conf");
+    let dir = std::path::PathBuf::from(
+        std::env::var("DEV_CONF").unwrap_or(repo_root().join("conf").display().to_string()),
+    );
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .flatten()
@@ -70,9 +72,7 @@ fn masquerade_set(node: &Netns) -> (String, Vec<String>) {
         .filter(|s| s.starts_with("CNIB-"))
         .collect();
     assert_eq!(sets.len(), 1, "expected one CNIB-* ipset, found {sets:?}");
-    let members = observe::ipset_members(node, &sets[0])
-        .into_iter()
-        .collect();
+    let members = observe::ipset_members(node, &sets[0]).into_iter().collect();
     (sets[0].clone(), members)
 }
 
@@ -114,7 +114,11 @@ fn assert_held(
     let record = install
         .record(container_id, "eth0")
         .unwrap_or_else(|| panic!("no attachment record for {container_id}.eth0"));
-    assert_eq!(record_str(&record, "/containerId"), container_id, "{record}");
+    assert_eq!(
+        record_str(&record, "/containerId"),
+        container_id,
+        "{record}"
+    );
     assert_eq!(record_str(&record, "/ifname"), "eth0", "{record}");
     assert_eq!(record_str(&record, "/phase"), "ready", "{record}");
     assert_eq!(
@@ -141,7 +145,9 @@ fn assert_held(
 fn assert_released(node: &Netns, install: &CniInstall, container_id: &str, held: &Held) {
     let reservations = install.reservations();
     assert!(
-        !reservations.iter().any(|(ip, _)| *ip == held.ip.to_string()),
+        !reservations
+            .iter()
+            .any(|(ip, _)| *ip == held.ip.to_string()),
         "{} still reserved after release of {container_id}: {reservations:?}",
         held.ip
     );
@@ -171,7 +177,11 @@ fn assert_node_empty(node: &Netns, install: &CniInstall, net: &Addressing) {
         "records left: {:?}",
         install.record_files()
     );
-    assert_eq!(masquerade_set(node).1, Vec::<String>::new(), "set members left");
+    assert_eq!(
+        masquerade_set(node).1,
+        Vec::<String>::new(),
+        "set members left"
+    );
     assert_eq!(
         bridge_ports(node, &net.bridge),
         Vec::<String>::new(),
@@ -242,7 +252,7 @@ fn ctr_run_cni_address_gateway_peer_then_everything_released() {
             "sh",
             "-c",
             &format!(
-                "ip -4 -o addr show eth0; ip route show default; \
+                "ip -4 -o addr show eth0; ip route | grep ^default; \
                  ping -c1 -W5 {gw} >/dev/null && echo gateway-ok; \
                  wget -qO- http://{peer_ip}:8080/; read _ || :",
                 gw = net.gateway
@@ -295,14 +305,21 @@ fn cri_pod_sandbox_gets_ip_record_names_pod_and_both_dels_release_it() {
         "--uid",
         "0c1e7a2e-web-0",
     ]);
-    let id = run["pod_sandbox_id"].as_str().expect("pod_sandbox_id").to_string();
+    let id = run["pod_sandbox_id"]
+        .as_str()
+        .expect("pod_sandbox_id")
+        .to_string();
     let status = containerd.cri(&["pod-status", &id]);
     let ip: Ipv4Addr = status["status"]["network"]["ip"]
         .as_str()
         .unwrap_or_else(|| panic!("no pod IP in {status}"))
         .parse()
         .expect("pod IP");
-    assert!(net.subnet.contains(ip), "pod IP {ip} outside {}", net.subnet);
+    assert!(
+        net.subnet.contains(ip),
+        "pod IP {ip} outside {}",
+        net.subnet
+    );
 
     let held = assert_held(&node, &install, &net, &id, ip);
     let record = install.record(&id, "eth0").expect("record");
@@ -317,7 +334,7 @@ fn cri_pod_sandbox_gets_ip_record_names_pod_and_both_dels_release_it() {
         add.args
     );
     // The node reaches the pod through the bridge.
-    node.exec_ok("ping", &["-c1", "-W5", &ip.to_string()]);
+    node.exec_ok("busybox", &["ping", "-c1", "-W5", &ip.to_string()]);
 
     containerd.cri(&["stop-pod", &id]);
     containerd.cri(&["remove-pod", &id]);
@@ -377,7 +394,7 @@ fn cnitool_add_check_del_against_the_conflist() {
     );
     let id = install.calls().0[0].container_id.clone();
     let held = assert_held(&node, &install, &net, &id, ip);
-    pod.exec_ok("ping", &["-c1", "-W5", &net.gateway.to_string()]);
+    pod.exec_ok("busybox", &["ping", "-c1", "-W5", &net.gateway.to_string()]);
 
     cnitool_run(&node, "check", &install.network, &pod);
     cnitool_run(&node, "del", &install.network, &pod);
@@ -391,29 +408,37 @@ fn cnitool_add_check_del_against_the_conflist() {
             call.command
         );
     }
-    assert!(observe::link(&pod, "eth0").is_none(), "eth0 left in the pod");
+    assert!(
+        observe::link(&pod, "eth0").is_none(),
+        "eth0 left in the pod"
+    );
     assert_released(&node, &install, &id, &held);
     assert_node_empty(&node, &install, &net);
 }
 
-/// GC as a runtime sends it (CNI 1.1): the first plugin's config with the network name, and the
-/// attachments the runtime still knows as `cni.dev/valid-attachments`. cnitool 1.1 (Debian 12)
-/// has no `gc` verb, so the test is the runtime here.
-fn gc(node: &Netns, conflist: &Value, valid: &[&str]) {
-    let mut config = conflist["plugins"][0].clone();
-    config["name"] = conflist["name"].clone();
-    config["cniVersion"] = json!("1.1.0");
-    config["cni.dev/valid-attachments"] = valid
+/// `conf/containerd/cni-bridge-gc` (the documented maintenance command) run in the node against
+/// this containerd; asserts the GC it sent named exactly `valid` and succeeded.
+fn gc(node: &Netns, containerd: &Containerd, install: &CniInstall, valid: &[&str]) {
+    let script = repo_root().join("conf/containerd/cni-bridge-gc");
+    checked(
+        "cni-bridge-gc",
+        Command::new("nsenter")
+            .arg(format!("--net={}", node.path().display()))
+            .arg(&script)
+            .arg("--address")
+            .arg(containerd.socket())
+            .output(),
+    );
+    let calls = install.calls();
+    let last = calls.0.last().expect("a call");
+    assert_eq!(last.command, "GC", "calls:\n{calls}");
+    assert_eq!(last.exit, Some(0), "calls:\n{calls}");
+    assert_eq!(last.config["cniVersion"], "1.1.0");
+    let expected: Value = valid
         .iter()
         .map(|id| json!({ "containerID": id, "ifname": "eth0" }))
         .collect();
-    let plugin = Plugin::cni_bridge();
-    Invocation::new(&plugin, "GC")
-        .in_node(node)
-        .env("CNI_PATH", "/opt/cni/bin")
-        .config(&config)
-        .run()
-        .success_empty();
+    assert_eq!(last.config["cni.dev/valid-attachments"], expected);
 }
 
 #[test]
@@ -429,7 +454,15 @@ fn ctr_run_detached_killed_without_del_then_gc_releases_only_the_dead() {
     for id in ["keep", "leak"] {
         containerd.ctr_ok(
             "default",
-            &["run", "-d", "--cni", node_tests::containerd::IMAGE, id, "sleep", "3600"],
+            &[
+                "run",
+                "-d",
+                "--cni",
+                node_tests::containerd::IMAGE,
+                id,
+                "sleep",
+                "3600",
+            ],
         );
     }
     let ip_of = |id: &str| -> Ipv4Addr {
@@ -457,12 +490,12 @@ fn ctr_run_detached_killed_without_del_then_gc_releases_only_the_dead() {
 
     let alive = containerd.ctr_ok("default", &["containers", "ls", "-q"]);
     assert_eq!(alive.split_whitespace().collect::<Vec<_>>(), ["keep"]);
-    gc(&node, &conflist, &["default-keep"]);
+    gc(&node, &containerd, &install, &["default-keep"]);
     assert_released(&node, &install, "default-leak", &leak);
     assert_held(&node, &install, &net, "default-keep", keep.ip);
 
     containerd.kill_and_remove("default", "keep");
-    gc(&node, &conflist, &[]);
+    gc(&node, &containerd, &install, &[]);
     assert_released(&node, &install, "default-keep", &keep);
     assert_eq!(install.calls().verbs("default-keep"), ["ADD"]);
     assert_eq!(install.reservations(), vec![]);

@@ -167,7 +167,7 @@ start=$(date +%s)
 # No NIC (-nodefaults): the guest's network never reaches the host's. ttyS0 carries the kernel
 # console into a file; ttyS1 carries the job's output to our stdout.
 timeout -k 10 "$timeout" qemu-system-x86_64 \
-	-nodefaults -machine q35 -accel tcg -m "$mem" -smp "$cpus" -display none -no-reboot \
+	-nodefaults -machine q35 -accel "${VM_ACCEL:-tcg}" -m "$mem" -smp "$cpus" -display none -no-reboot \
 	-kernel "$kdir/boot/vmlinuz-$kver" -initrd "$initrd" \
 	-append "console=ttyS0 quiet panic=-1" \
 	-chardev file,id=console,path="$job/console.log" -device isa-serial,chardev=console \

@@ -64,7 +64,9 @@ impl Side {
 
     fn add(&mut self, i: usize) -> Result<()> {
         let start = Instant::now();
-        let out = self.node.add(&self.flavor.plugin, &self.config, &self.pods[i]);
+        let out = self
+            .node
+            .add(&self.flavor.plugin, &self.config, &self.pods[i]);
         self.add.push(start.elapsed());
         if out.exit != Some(0) {
             bail!("{} ADD failed:\n{out}", self.name);
@@ -127,7 +129,11 @@ impl Side {
             .write_all(&serde_json::to_vec(&self.config)?)?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("{} RSS probe failed: {}", self.name, String::from_utf8_lossy(&out.stdout));
+            bail!(
+                "{} RSS probe failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         let kib = String::from_utf8_lossy(&out.stdout).trim().parse()?;
         let del = self.node.del(&self.flavor.plugin, &self.config, &pod);
@@ -222,7 +228,10 @@ fn main() -> Result<()> {
     let (od, rd) = (median(&ours.del), median(&reference.del));
     let add_ratio = oa.as_secs_f64() / ra.as_secs_f64();
     let del_ratio = od.as_secs_f64() / rd.as_secs_f64();
-    println!("cni_bench: {} pods per plugin, ipMasq + hairpinMode, interleaved", args.pods);
+    println!(
+        "cni_bench: {} pods per plugin, ipMasq + hairpinMode, interleaved",
+        args.pods
+    );
     println!("machine: {}", machine());
     println!();
     println!("| | cni-bridge | reference bridge+host-local | ratio | target |");

@@ -226,6 +226,7 @@ impl Plan<'_> {
             self.pod.require_link(&self.env.ifname)
         );
         let (hv, pv) = (hv?, pv?);
+        self.pod.set_up(pv.index).await?;
         if conf.hairpin || conf.port_isolation {
             self.host
                 .set_bridge_port(
@@ -378,6 +379,8 @@ impl Plan<'_> {
                 name: name.clone(),
                 mac: Some(host_mac),
                 mtu: self.conf.mtu,
+                // What the reference plugin's veths get (its netlink library sends 0).
+                txqlen: Some(0),
                 master: Some(br.index),
                 peer_name: self.env.ifname.clone(),
                 peer_mac: Some(pod_mac),
@@ -468,7 +471,7 @@ impl Plan<'_> {
         Ok(())
     }
 
-    /// Addresses and routes on the pod interface (the interface is up since creation).
+    /// Addresses and routes on the pod interface (already up).
     async fn pod_side(&self, pv: &Link, ips: &[IpConfig], routes: &[RouteConf]) -> Result<()> {
         if !self.conf.enable_dad {
             // As the reference plugin: no IPv6 DAD on the pod end (hairpin echoes would fail it).

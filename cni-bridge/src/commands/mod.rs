@@ -86,7 +86,13 @@ pub async fn release(conf: &NetConf, env: &Env, host: &Rtnl, t: Teardown<'_>) ->
         .as_ref()
         .map(|r| r.host_veth.clone())
         .unwrap_or_else(|| names::host_veth(&conf.name, t.container_id, t.ifname, 0));
-    match host.delete_link_by_name(&veth).await {
+    // An empty name: the ADD never got to create a veth of its own.
+    let deleted = if veth.is_empty() {
+        Ok(false)
+    } else {
+        host.delete_link_by_name(&veth).await
+    };
+    match deleted {
         Ok(true) => {}
         Ok(false) => {
             if t.record.is_none() {

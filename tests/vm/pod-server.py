@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""A pod's HTTP server: answers every GET with the pod's name (one line), HTTP/1.1 keep-alive.
+
+Usage: pod-server.py NAME [PORT]   (default port 8080, all addresses)
+"""
+import http.server
+import sys
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    # Keep-alive, so one TCP connection can carry requests across a proxy restart.
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = (self.server.pod_name + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s %s\n" % (self.client_address[0], fmt % args))
+
+
+def main():
+    name = sys.argv[1]
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.pod_name = name
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
