@@ -178,7 +178,10 @@ impl NetConf {
     /// Decodes and validates stdin.
     pub fn parse(stdin: &[u8]) -> Result<NetConf> {
         let raw_value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(code::DECODE_FAILURE, format!("config is not valid JSON: {e}"))
+            CniError::new(
+                code::DECODE_FAILURE,
+                format!("config is not valid JSON: {e}"),
+            )
         })?;
         if !raw_value.is_object() {
             return Err(CniError::new(
@@ -186,9 +189,8 @@ impl NetConf {
                 "config is not a JSON object",
             ));
         }
-        let raw: RawConf = serde_json::from_value(raw_value.clone()).map_err(|e| {
-            CniError::new(code::DECODE_FAILURE, format!("config: {e}"))
-        })?;
+        let raw: RawConf = serde_json::from_value(raw_value.clone())
+            .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("config: {e}")))?;
         let version = Version::parse(raw.cni_version.as_deref().unwrap_or(""))?;
 
         let name = raw.name.unwrap_or_default();
@@ -249,9 +251,7 @@ impl NetConf {
                     IpamConf::Delegated { plugin: t.clone() }
                 }
                 Some(t) => {
-                    return Err(invalid(format!(
-                        "ipam.type {t} is not a valid plugin name"
-                    )))
+                    return Err(invalid(format!("ipam.type {t} is not a valid plugin name")))
                 }
                 None => return Err(invalid("ipam.type is missing")),
             },
@@ -377,14 +377,20 @@ mod tests {
             parse(with("ipam", json!({}))).unwrap().ipam,
             IpamConf::None
         ));
-        match parse(with("ipam", json!({"type": "host-local", "subnet": "10.0.0.0/24"})))
-            .unwrap()
-            .ipam
+        match parse(with(
+            "ipam",
+            json!({"type": "host-local", "subnet": "10.0.0.0/24"}),
+        ))
+        .unwrap()
+        .ipam
         {
             IpamConf::Delegated { plugin } => assert_eq!(plugin, "host-local"),
             other => panic!("{other:?}"),
         }
-        for bad in [json!({"type": "../bin/sh"}), json!({"subnet": "10.0.0.0/24"})] {
+        for bad in [
+            json!({"type": "../bin/sh"}),
+            json!({"subnet": "10.0.0.0/24"}),
+        ] {
             assert_eq!(parse(with("ipam", bad)).unwrap_err().code, 7);
         }
     }
@@ -441,7 +447,10 @@ mod tests {
 
     #[test]
     fn version_errors_are_code_1() {
-        assert_eq!(parse(with("cniVersion", json!("0.2.0"))).unwrap_err().code, 1);
+        assert_eq!(
+            parse(with("cniVersion", json!("0.2.0"))).unwrap_err().code,
+            1
+        );
         let mut v = base();
         v.as_object_mut().unwrap().remove("cniVersion");
         assert_eq!(parse(v).unwrap_err().code, 1);
@@ -456,7 +465,10 @@ mod tests {
         let c = parse(v).unwrap();
         assert_eq!(
             c.requested_ips,
-            vec!["10.0.0.7".parse::<IpAddr>().unwrap(), "10.0.0.8".parse().unwrap()]
+            vec![
+                "10.0.0.7".parse::<IpAddr>().unwrap(),
+                "10.0.0.8".parse().unwrap()
+            ]
         );
         assert_eq!(c.labels.get("component").map(String::as_str), Some("app"));
         assert_eq!(c.mac, Some([0x0a, 0, 0, 0, 0, 2]));

@@ -56,7 +56,11 @@ pub fn init() {
 
 /// Also appends to `path`; a file that cannot be opened is reported on stderr and skipped.
 pub fn to_file(path: &Path) {
-    match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         Ok(f) => {
             if let Ok(mut guard) = LOGGER.file.lock() {
                 *guard = Some(f);

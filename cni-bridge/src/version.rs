@@ -85,7 +85,10 @@ mod tests {
             );
         }
         assert_eq!(
-            Version::V031.require(Version::V040, "CHECK").unwrap_err().code,
+            Version::V031
+                .require(Version::V040, "CHECK")
+                .unwrap_err()
+                .code,
             1
         );
         assert!(Version::V110.require(Version::V110, "GC").is_ok());

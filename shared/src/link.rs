@@ -550,10 +550,7 @@ impl Rtnl {
 
     /// `ip addr add ADDR/PREFIX dev IFACE`; `false` when it was already there.
     pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<bool> {
-        let req = self
-            .handle
-            .address()
-            .add(index, addr.ip(), addr.prefix());
+        let req = self.handle.address().add(index, addr.ip(), addr.prefix());
         match req.execute().await {
             Ok(()) => Ok(true),
             Err(e) => {

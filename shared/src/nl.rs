@@ -51,6 +51,8 @@ const RCVBUF: usize = 4 << 20;
 const RECV_BUF: usize = 64 << 10;
 /// `MSG_TRUNC`: report the real datagram length so a truncation is detected.
 const MSG_TRUNC: i32 = 0x20;
+/// How long to wait for a reply before giving up on it.
+const RECV_TIMEOUT_SECS: i64 = 30;
 /// Largest datagram we send when pipelining; each one is processed by the kernel in one go.
 const SEND_CHUNK: usize = 64 << 10;
 
@@ -422,6 +424,13 @@ impl Socket {
         {
             sock.set_rx_buf_sz(RCVBUF)?;
         }
+        // A request whose ACK never comes (a lost ACK, a wedged kernel) fails instead of hanging.
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(RECV_TIMEOUT_SECS, 0),
+        )
+        .map_err(io::Error::from)?;
         // The kernel reports the doubled size; each ACK costs about 1 KiB of it.
         let window = (sock.get_rx_buf_sz()? / 2048).clamp(16, 4096);
         let seed = std::time::SystemTime::now()
@@ -608,8 +617,13 @@ impl Socket {
 
     /// Receives one datagram into the state buffer.
     fn recv(&self, state: &mut State) -> Result<usize, Error> {
-        state.buf.clear();
-        let n = self.sock.recv(&mut state.buf, MSG_TRUNC)?;
+        let n = loop {
+            state.buf.clear();
+            match self.sock.recv(&mut state.buf, MSG_TRUNC) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         if n > state.buf.len() {
             return Err(Error::Malformed(format!(
                 "datagram of {n} bytes exceeds the {} byte buffer",

@@ -353,3 +353,57 @@ fn names_are_checked() {
     assert!(wire::check_name(&"x".repeat(32)).is_err());
     assert!(wire::check_name(&"x".repeat(31)).is_ok());
 }
+
+#[test]
+fn entries_round_trip_through_the_encoding() {
+    let entries = [
+        (SetType::HashIp, Entry::Ip(ip("192.0.2.1"))),
+        (SetType::HashIp, Entry::Ip(ip("2001:db8::1"))),
+        (
+            SetType::HashNet,
+            Entry::Net("198.51.100.0/25".parse().unwrap()),
+        ),
+        (
+            SetType::HashNet,
+            Entry::Net("203.0.113.7/32".parse().unwrap()),
+        ),
+        (
+            SetType::HashNet,
+            Entry::Net("2001:db8:1::/48".parse().unwrap()),
+        ),
+        (
+            SetType::HashIpPortIp,
+            Entry::IpPortIp {
+                ip: ip("10.0.0.11"),
+                proto: Protocol::Udp,
+                port: 65535,
+                ip2: ip("10.0.0.12"),
+            },
+        ),
+        (
+            SetType::HashIpPortIp,
+            Entry::IpPortIp {
+                ip: ip("fd00::1"),
+                proto: Protocol::Sctp,
+                port: 0,
+                ip2: ip("fd00::2"),
+            },
+        ),
+    ];
+    for (kind, e) in entries {
+        assert_eq!(e.set_type(), kind);
+        for adt in [Adt::Add, Adt::Del, Adt::Test] {
+            let msg = wire::entry_request(P, adt, "s", &e);
+            let m = Message::parse(&msg).unwrap();
+            let data = nodenet::nl::attrs(&m.payload[4..])
+                .map(Result::unwrap)
+                .find(|a| a.ty == 7)
+                .expect("a DATA nest");
+            assert_eq!(
+                wire::parse_entry(kind, data.payload).unwrap(),
+                e,
+                "{adt:?} {e}"
+            );
+        }
+    }
+}

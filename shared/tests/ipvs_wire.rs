@@ -349,3 +349,47 @@ fn flush() {
     x.assert_sent(wire::flush_request(FAMILY));
     assert!(x.status().is_ok());
 }
+
+#[test]
+fn services_and_destinations_round_trip_through_the_encoding() {
+    let services = [
+        Service::new(tcp("192.0.2.1", 443), "mh"),
+        Service {
+            persistence: Some(10800),
+            netmask: 0xffff_ff00,
+            ..Service::new(tcp("192.0.2.2", 80), "wlc")
+        },
+        Service {
+            flags: nodenet::ipvs::SVC_F_ONEPACKET,
+            ..Service::new(ServiceKey::new(ip("2001:db8::1"), Protocol::Udp, 53), "rr")
+        },
+        Service {
+            persistence: Some(60),
+            netmask: 64,
+            ..Service::new(tcp("2001:db8::2", 8443), "sh")
+        },
+    ];
+    for s in &services {
+        let msg = wire::service_request(FAMILY, cmd::NEW_SERVICE, s);
+        assert_eq!(wire::parse_service(&msg).unwrap().as_ref(), Some(s));
+    }
+    let dests = [
+        Destination::new(ip("10.0.0.1"), 1, 0),
+        Destination {
+            forward: Forward::Local,
+            upper_threshold: 7,
+            lower_threshold: 3,
+            ..Destination::new(ip("10.0.0.2"), 65535, 100)
+        },
+        Destination {
+            forward: Forward::Route,
+            ..Destination::new(ip("2001:db8::5"), 80, 1)
+        },
+    ];
+    for d in &dests {
+        for s in &services {
+            let msg = wire::dest_request(FAMILY, cmd::NEW_DEST, &s.key, d);
+            assert_eq!(&wire::parse_destination(&msg, &s.key).unwrap(), d);
+        }
+    }
+}

@@ -139,11 +139,6 @@ impl Displaced {
         }
         displaced
     }
-
-    /// The path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for Displaced {
@@ -232,13 +227,12 @@ fn entries(dir: &Path) -> BTreeSet<OsString> {
 /// `dataDir/<name>` and cni-bridge `stateDir/<name>` start empty. All restored on drop.
 #[derive(Debug)]
 pub struct CniInstall {
-    pub conflist: Value,
     /// The conflist's `name`.
     pub network: String,
     /// `<dataDir>/<network>`: the IPAM reservations.
-    pub reservations_dir: PathBuf,
+    reservations_dir: PathBuf,
     /// `<stateDir>/<network>`: cni-bridge's attachment records.
-    pub records_dir: PathBuf,
+    records_dir: PathBuf,
     /// Where the tap (if any) writes [`Calls`].
     calls_dir: Option<TempDir>,
     // Field order is drop order: the libcni cache goes before the directories it sits beside.
@@ -301,7 +295,6 @@ impl CniInstall {
             }
         }
         CniInstall {
-            conflist: conflist.clone(),
             network,
             reservations_dir,
             records_dir,
@@ -547,11 +540,6 @@ impl Containerd {
         self.dir.path().join("containerd.sock")
     }
 
-    /// A private scratch directory that lives as long as this containerd.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// containerd's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
@@ -732,11 +720,15 @@ fn unmount_below(dir: &Path) {
     }
 }
 
+/// How long [`Foreground::line`] waits for a container's next line before calling it hung, so a
+/// stuck ADD fails the test instead of stalling the whole run.
+const LINE_PATIENCE: Duration = Duration::from_secs(120);
+
 /// A `ctr run` in the foreground (no `-d`), left running: ctr sends ADD before the command starts
 /// and DEL after it exits. Its stdout is read line by line.
 pub struct Foreground {
     child: Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    lines: std::sync::mpsc::Receiver<String>,
     what: String,
 }
 
@@ -753,27 +745,41 @@ impl Foreground {
             .spawn()
             .expect("spawn ctr run");
         let stdout = child.stdout.take().expect("piped stdout");
-        use std::io::BufRead;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         Foreground {
             child,
-            lines: std::io::BufReader::new(stdout).lines(),
+            lines,
             what: format!("ctr run --rm --cni {id} {}", cmd.join(" ")),
         }
     }
 
-    /// The next line the container prints; panics if it exits first.
+    /// The next line the container prints; panics if it exits (or hangs) first.
     pub fn line(&mut self) -> String {
-        match self.lines.next() {
-            Some(Ok(line)) => line,
-            _ => {
-                let out = self.child.stderr.take().map(|mut e| {
-                    let mut s = String::new();
-                    let _ = std::io::Read::read_to_string(&mut e, &mut s);
-                    s
-                });
+        match self.lines.recv_timeout(LINE_PATIENCE) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("`{}` printed nothing for {LINE_PATIENCE:?}", self.what)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.child.wait();
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
                 panic!(
-                    "`{}` ended before printing the expected line: {:?}",
-                    self.what, out
+                    "`{}` ended before printing the expected line: {stderr}",
+                    self.what
                 );
             }
         }

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use ipnetwork::Ipv4Network;
-use node_tests::cni::{Invocation, Plugin};
+use node_tests::cni::Plugin;
 use node_tests::containerd::{
     checked, cnitool, exclusive, parse_inet, repo_root, CniInstall, Containerd, Foreground,
 };
@@ -18,20 +18,29 @@ use node_tests::netns::Netns;
 use node_tests::observe;
 use serde_json::{json, Value};
 
-/// The network as the project ships it: the only `conf/*.conflist`.
+/// The network as the project ships it: the one `conf/*.conflist` whose first plugin is
+/// cni-bridge.
 fn shipped_conflist() -> Value {
-    let dir = std::path::PathBuf::from(
-        std::env::var("DEV_CONF").unwrap_or(repo_root().join("conf").display().to_string()),
-    );
-    let files: Vec<_> = std::fs::read_dir(&dir)
+    let dir = repo_root().join("conf");
+    let conflists: Vec<(std::path::PathBuf, Value)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("read conflist");
+            let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, v)
+        })
+        .filter(|(_, v): &(_, Value)| v["plugins"][0]["type"] == "cni-bridge")
         .collect();
-    assert_eq!(files.len(), 1, "expected one conflist in conf/: {files:?}");
-    let text = std::fs::read_to_string(&files[0]).expect("read conflist");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", files[0].display()))
+    assert_eq!(
+        conflists.len(),
+        1,
+        "expected one cni-bridge conflist in {}: {conflists:?}",
+        dir.display()
+    );
+    conflists.into_iter().next().expect("one").1
 }
 
 /// What the tests need to know about a conflist's addressing and bridge.
@@ -39,6 +48,8 @@ struct Addressing {
     subnet: Ipv4Network,
     gateway: Ipv4Addr,
     bridge: String,
+    /// `hairpinMode`: each host veth reflects a pod's traffic back to itself (SCENARIO step 12).
+    hairpin: bool,
 }
 
 fn addressing(conflist: &Value) -> Addressing {
@@ -62,6 +73,7 @@ fn addressing(conflist: &Value) -> Addressing {
         subnet,
         gateway,
         bridge: plugin["bridge"].as_str().unwrap_or("cni0").to_string(),
+        hairpin: plugin["hairpinMode"].as_bool().unwrap_or(false),
     }
 }
 
@@ -127,11 +139,17 @@ fn assert_held(
         "{record}"
     );
     let host_veth = record_str(&record, "/hostVeth").to_string();
-    assert!(
-        bridge_ports(node, &net.bridge).contains(&host_veth),
-        "host veth {host_veth} of {container_id} is not a port of {}",
-        net.bridge
-    );
+    let port = observe::bridge_ports(node, &net.bridge)
+        .into_iter()
+        .find(|l| l.name == host_veth)
+        .unwrap_or_else(|| {
+            panic!(
+                "host veth {host_veth} of {container_id} is not a port of {}",
+                net.bridge
+            )
+        });
+    assert!(port.up, "host veth {host_veth} is down");
+    assert_eq!(port.hairpin, Some(net.hairpin), "hairpin on {host_veth}");
     let (set, members) = masquerade_set(node);
     assert_eq!(record_str(&record, "/masqSet"), set, "{record}");
     assert!(

@@ -7,10 +7,12 @@
 #
 # Environment:
 #   VM_TIMEOUT  seconds for boot + run before QEMU is killed (default 900; --timeout wins)
-#   VM_ENV      names of variables to pass into the guest, e.g. VM_ENV="RUST_LOG SVC_PROXY"
+#   VM_ENV      names of more variables to pass into the guest, e.g. VM_ENV="SERVICE_MANIFEST"
+#               (always passed when set: CARGO_TARGET_DIR BIN_DIR RUST_LOG RUST_BACKTRACE)
 #   VM_MEM      guest memory in MiB (default 1024)   VM_CPUS  guest vCPUs (default 2)
 #   VM_CACHE    kernel/initramfs cache (default <repo>/.cache/vm, gitignored)
 #   VM_KEEP=1   keep the job directory (console log, dmesg) after the run
+#   VM_ACCEL    QEMU accelerator (default tcg; kvm hangs or aborts on the project's machine)
 #
 # Inside the guest, $VM_JOB is a directory shared writable with the host at the same path: put
 # results there (it is removed after the run unless VM_KEEP=1).
@@ -92,7 +94,7 @@ ensure_kernel() {
 }
 
 # Module trees the guest may load (the rest of the kernel's modules stay out to keep boot fast).
-module_trees=(net drivers/net drivers/virtio fs/9p fs/netfs fs/fscache fs/overlayfs lib crypto arch/x86/crypto)
+module_trees=(net drivers/net drivers/virtio drivers/char/hw_random fs/9p fs/netfs fs/fscache fs/overlayfs lib crypto arch/x86/crypto)
 module_prune=(net/wireless net/mac80211 net/bluetooth net/ceph net/sunrpc net/nfc net/can net/ieee802154
 	drivers/net/wireless drivers/net/ethernet drivers/net/usb drivers/net/can drivers/net/ieee802154
 	drivers/net/wwan drivers/net/hamradio drivers/net/arcnet drivers/net/fddi drivers/net/phy
@@ -151,9 +153,9 @@ if [ -e "${cmd[0]}" ]; then cmd[0]=$(realpath "${cmd[0]}"); fi
 	echo '#!/bin/bash'
 	echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8'
 	printf 'export VM_JOB=%q\n' "$job"
-	for name in ${VM_ENV:-}; do
+	for name in CARGO_TARGET_DIR BIN_DIR RUST_LOG RUST_BACKTRACE ${VM_ENV:-}; do
 		[[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "VM_ENV: '$name' is not a variable name"
-		[ -n "${!name+set}" ] && printf 'export %s=%q\n' "$name" "${!name}"
+		if [ -n "${!name+set}" ]; then printf 'export %s=%q\n' "$name" "${!name}"; fi
 	done
 	printf 'cd %q || exit 125\n' "$PWD"
 	if [ -f "${cmd[0]}" ] && [ ! -x "${cmd[0]}" ]; then printf 'exec /bin/bash'; else printf 'exec'; fi
@@ -164,7 +166,8 @@ chmod 0755 "$job/job.sh"
 echo "$job" >"$job/path"
 
 start=$(date +%s)
-# No NIC (-nodefaults): the guest's network never reaches the host's. ttyS0 carries the kernel
+# No NIC (-nodefaults): the guest's network never reaches the host's. virtio-rng: the guest's
+# random pool is ready at boot, not 40 s later. ttyS0 carries the kernel
 # console into a file; ttyS1 carries the job's output to our stdout.
 timeout -k 10 "$timeout" qemu-system-x86_64 \
 	-nodefaults -machine q35 -accel "${VM_ACCEL:-tcg}" -m "$mem" -smp "$cpus" -display none -no-reboot \
@@ -172,6 +175,7 @@ timeout -k 10 "$timeout" qemu-system-x86_64 \
 	-append "console=ttyS0 quiet panic=-1" \
 	-chardev file,id=console,path="$job/console.log" -device isa-serial,chardev=console \
 	-chardev stdio,id=out,signal=off -device isa-serial,chardev=out \
+	-device virtio-rng-pci \
 	-virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
 	-virtfs local,path="$job",mount_tag=job,security_model=passthrough </dev/null &
 qemu_pid=$!

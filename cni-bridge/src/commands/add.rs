@@ -73,8 +73,14 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
 
     // A record left for this attachment belongs to an ADD that died or a container whose
     // namespace was replaced without a DEL: release what it names first.
-    if let Some(stale) = Attachment::load(&conf.state_dir, &conf.name, &env.container_id, &env.ifname) {
-        log::info!("ADD: releasing stale attachment record of {}/{}", env.container_id, env.ifname);
+    if let Some(stale) =
+        Attachment::load(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)
+    {
+        log::info!(
+            "ADD: releasing stale attachment record of {}/{}",
+            env.container_id,
+            env.ifname
+        );
         release(
             conf,
             env,
@@ -127,7 +133,11 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
     match outcome {
         Ok(result) => Ok(result.to_value(conf.version)),
         Err(e) => {
-            log::warn!("ADD {}/{} failed, rolling back: {e}", env.container_id, env.ifname);
+            log::warn!(
+                "ADD {}/{} failed, rolling back: {e}",
+                env.container_id,
+                env.ifname
+            );
             if let Err(re) = release(
                 conf,
                 env,
@@ -239,7 +249,10 @@ impl Plan<'_> {
                 .await?;
         }
         // As the reference plugin: we own the routes of the host end, not router adverts.
-        let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", record.host_veth), "0");
+        let _ = sysctl::write(
+            &format!("net/ipv6/conf/{}/accept_ra", record.host_veth),
+            "0",
+        );
 
         if conf.is_gateway {
             self.gateways(&br, &ipam_res.ips).await?;
@@ -305,12 +318,12 @@ impl Plan<'_> {
             let dst = unspecified(v6);
             if let Some(existing) = routes.iter().find(|r| r.dst == dst) {
                 match existing.gw {
-                    Some(gw) if Some(gw) != ip.gateway => {
-                        return Err(CniError::new(
-                            code::INVALID_CONFIG,
-                            format!("isDefaultGateway ineffective because IPAM sets default route via {gw}"),
-                        ))
-                    }
+                    Some(gw) if Some(gw) != ip.gateway => return Err(CniError::new(
+                        code::INVALID_CONFIG,
+                        format!(
+                            "isDefaultGateway ineffective because IPAM sets default route via {gw}"
+                        ),
+                    )),
                     _ => {
                         routes.retain(|r| r.dst != dst);
                     }
@@ -370,7 +383,12 @@ impl Plan<'_> {
         record: &mut Attachment,
     ) -> Result<()> {
         for attempt in 0..VETH_ATTEMPTS {
-            let name = names::host_veth(&self.conf.name, &self.env.container_id, &self.env.ifname, attempt);
+            let name = names::host_veth(
+                &self.conf.name,
+                &self.env.container_id,
+                &self.env.ifname,
+                attempt,
+            );
             if record.host_veth != name {
                 record.host_veth = name.clone();
                 record.save(&self.conf.state_dir)?;
@@ -396,12 +414,20 @@ impl Plan<'_> {
                 record.host_veth.clear();
                 return Err(CniError::new(
                     code::IFNAME_EXISTS,
-                    format!("interface {:?} already exists in the container namespace ({err})", self.env.ifname),
+                    format!(
+                        "interface {:?} already exists in the container namespace ({err})",
+                        self.env.ifname
+                    ),
                 ));
             }
-            let owned_elsewhere = crate::record::Attachment::list(&self.conf.state_dir, &self.conf.name)?
-                .iter()
-                .any(|a| a.host_veth == name && (a.container_id != self.env.container_id || a.ifname != self.env.ifname));
+            let owned_elsewhere =
+                crate::record::Attachment::list(&self.conf.state_dir, &self.conf.name)?
+                    .iter()
+                    .any(|a| {
+                        a.host_veth == name
+                            && (a.container_id != self.env.container_id
+                                || a.ifname != self.env.ifname)
+                    });
             if owned_elsewhere {
                 continue;
             }
@@ -465,8 +491,7 @@ impl Plan<'_> {
             } else {
                 "net.ipv4.ip_forward"
             };
-            sysctl::ensure(key, "1")
-                .map_err(|e| CniError::new(code::KERNEL, e.to_string()))?;
+            sysctl::ensure(key, "1").map_err(|e| CniError::new(code::KERNEL, e.to_string()))?;
         }
         Ok(())
     }
@@ -481,7 +506,11 @@ impl Plan<'_> {
         for ip in ips {
             self.pod.add_address(pv.index, ip.address).await?;
         }
-        let gw_of = |v6: bool| ips.iter().find(|i| i.address.is_ipv6() == v6).and_then(|i| i.gateway);
+        let gw_of = |v6: bool| {
+            ips.iter()
+                .find(|i| i.address.is_ipv6() == v6)
+                .and_then(|i| i.gateway)
+        };
         for r in routes {
             let v6 = r.dst.is_ipv6();
             let route = Route {

@@ -82,14 +82,24 @@ async fn check_kernel(
         .interfaces
         .iter()
         .position(|i| i.name == env.ifname && i.sandbox.is_some())
-        .ok_or_else(|| mismatch(format!("prevResult has no interface {:?} in a sandbox", env.ifname)))?;
+        .ok_or_else(|| {
+            mismatch(format!(
+                "prevResult has no interface {:?} in a sandbox",
+                env.ifname
+            ))
+        })?;
     let want = &prev.interfaces[pod_index];
-    let pv = pod
-        .link_by_name(&env.ifname)
-        .await?
-        .ok_or_else(|| mismatch(format!("interface {:?} is missing from the container", env.ifname)))?;
+    let pv = pod.link_by_name(&env.ifname).await?.ok_or_else(|| {
+        mismatch(format!(
+            "interface {:?} is missing from the container",
+            env.ifname
+        ))
+    })?;
     if pv.kind.as_deref() != Some("veth") {
-        return Err(mismatch(format!("interface {:?} is not a veth", env.ifname)));
+        return Err(mismatch(format!(
+            "interface {:?} is not a veth",
+            env.ifname
+        )));
     }
     if !want.mac.is_empty() && !pv.mac_string().eq_ignore_ascii_case(&want.mac) {
         return Err(mismatch(format!(
@@ -119,17 +129,26 @@ async fn check_kernel(
         }
     }
     for v6 in [false, true] {
-        let want_routes: Vec<_> = prev.routes.iter().filter(|r| r.dst.is_ipv6() == v6).collect();
+        let want_routes: Vec<_> = prev
+            .routes
+            .iter()
+            .filter(|r| r.dst.is_ipv6() == v6)
+            .collect();
         if want_routes.is_empty() {
             continue;
         }
         let have = pod.routes(v6).await?;
         for r in want_routes {
             let found = have.iter().any(|h| {
-                h.dst == r.dst && h.oif == Some(pv.index) && r.gw.is_none_or(|g| h.gateway == Some(g))
+                h.dst == r.dst
+                    && h.oif == Some(pv.index)
+                    && r.gw.is_none_or(|g| h.gateway == Some(g))
             });
             if !found {
-                return Err(mismatch(format!("route {} is missing from the container", r.dst)));
+                return Err(mismatch(format!(
+                    "route {} is missing from the container",
+                    r.dst
+                )));
             }
         }
     }
@@ -163,13 +182,17 @@ async fn check_kernel(
         )));
     }
     if conf.promisc && !br.promisc {
-        return Err(mismatch(format!("bridge {:?} is not promiscuous", conf.bridge)));
+        return Err(mismatch(format!(
+            "bridge {:?} is not promiscuous",
+            conf.bridge
+        )));
     }
     if conf.is_gateway {
         let have = host.addresses(br.index).await?;
         for ip in &prev.ips {
             if let Some(gw) = ip.gateway {
-                let want = IpNetwork::new(gw, ip.address.prefix()).map_err(|e| mismatch(e.to_string()))?;
+                let want =
+                    IpNetwork::new(gw, ip.address.prefix()).map_err(|e| mismatch(e.to_string()))?;
                 if !have.contains(&want) {
                     return Err(mismatch(format!(
                         "gateway {want} is missing from bridge {:?}",

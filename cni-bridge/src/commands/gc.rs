@@ -82,7 +82,9 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
 
         if conf.ip_masq {
             if let IpamConf::Builtin(cfg) = &conf.ipam {
-                match hostlocal::Store::open(&cfg.data_dir, &conf.name).and_then(|s| s.reservations()) {
+                match hostlocal::Store::open(&cfg.data_dir, &conf.name)
+                    .and_then(|s| s.reservations())
+                {
                     Ok(rs) => keep.extend(rs.into_iter().map(|r| r.ip)),
                     Err(e) => note(Err(e)),
                 }

@@ -41,8 +41,7 @@ impl Delegated<'_> {
                     code::IPAM_PLUGIN,
                     format!(
                         "IPAM plugin {:?} not found in CNI_PATH {:?}",
-                        self.plugin,
-                        self.env.path
+                        self.plugin, self.env.path
                     ),
                 )
             })
@@ -114,7 +113,9 @@ impl Delegated<'_> {
     fn run(&self, call: &Call<'_>) -> Result<Option<Value>> {
         let stdin = serde_json::to_vec(&self.conf.raw).expect("config serializes");
         match self.run_once(call, &stdin) {
-            Err(e) if e.code == code::INCOMPATIBLE_VERSION && self.conf.version == Version::V110 => {
+            Err(e)
+                if e.code == code::INCOMPATIBLE_VERSION && self.conf.version == Version::V110 =>
+            {
                 let mut older = self.conf.raw.clone();
                 older["cniVersion"] = Value::String(Version::V100.as_str().into());
                 let stdin = serde_json::to_vec(&older).expect("config serializes");

@@ -231,7 +231,9 @@ impl Config {
             }
             for (j, prev) in range_sets.iter().enumerate() {
                 if prev.iter().any(|p| set.iter().any(|r| r.overlaps(p))) {
-                    return Err(invalid(format!("range set {i} overlaps with range set {j}")));
+                    return Err(invalid(format!(
+                        "range set {i} overlaps with range set {j}"
+                    )));
                 }
             }
             range_sets.push(set);
@@ -253,11 +255,7 @@ impl Config {
 
     /// Every subnet of every range, in order.
     pub fn subnets(&self) -> Vec<IpNetwork> {
-        self.range_sets
-            .iter()
-            .flatten()
-            .map(|r| r.subnet)
-            .collect()
+        self.range_sets.iter().flatten().map(|r| r.subnet).collect()
     }
 
     /// DNS settings read from `resolvConf`, as host-local returns them.
@@ -330,7 +328,11 @@ impl Store {
             .open(&lock_path)
             .map_err(|e| io_error("opening", &lock_path, e))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
-            io_error("locking", &lock_path, std::io::Error::from_raw_os_error(e as i32))
+            io_error(
+                "locking",
+                &lock_path,
+                std::io::Error::from_raw_os_error(e as i32),
+            )
         })?;
         Ok(Store { dir, _lock: lock })
     }
@@ -362,8 +364,9 @@ impl Store {
     }
 
     fn last_reserved(&self, set_index: usize) -> Option<IpAddr> {
-        let s = std::fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}")))
-            .ok()?;
+        let s =
+            std::fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}")))
+                .ok()?;
         s.trim().parse().ok()
     }
 
@@ -408,7 +411,10 @@ impl Store {
     pub fn release_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         let mut released = Vec::new();
         for r in self.reservations()? {
-            if r.container_id == id.trim() && r.ifname == ifname && self.release_ip(r.ip, id, ifname)? {
+            if r.container_id == id.trim()
+                && r.ifname == ifname
+                && self.release_ip(r.ip, id, ifname)?
+            {
                 released.push(r.ip);
             }
         }
@@ -495,7 +501,10 @@ impl Store {
             if !self.reserve(ip, id, ifname, set_index)? {
                 return Err(CniError::new(
                     code::NO_ADDRESS,
-                    format!("requested IP address {ip} is not available in range set {}", set_name()),
+                    format!(
+                        "requested IP address {ip} is not available in range set {}",
+                        set_name()
+                    ),
                 ));
             }
             return Ok(config(ip, r));
@@ -691,7 +700,9 @@ mod tests {
         let dir = tmp();
         let c = cfg(json!({"subnet": "10.0.0.0/24", "dataDir": dir})).unwrap();
         let store = Store::open(&c.data_dir, "net").unwrap();
-        let a = store.allocate(&c, "c1", "eth0", &[ip("10.0.0.11")]).unwrap();
+        let a = store
+            .allocate(&c, "c1", "eth0", &[ip("10.0.0.11")])
+            .unwrap();
         assert_eq!(a[0].address.to_string(), "10.0.0.11/24");
         for (req, why) in [
             ("10.0.0.11", "taken"),
@@ -709,7 +720,10 @@ mod tests {
             .map(|r| r.container_id)
             .collect();
         assert_eq!(owners, vec!["c1"]);
-        assert_eq!(store.release_by_id("c1", "eth0").unwrap(), vec![ip("10.0.0.11")]);
+        assert_eq!(
+            store.release_by_id("c1", "eth0").unwrap(),
+            vec![ip("10.0.0.11")]
+        );
         assert!(store.reservations().unwrap().is_empty());
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
@@ -732,7 +746,9 @@ mod tests {
 
     #[test]
     fn resolv_conf_parsing() {
-        let d = parse_resolv_conf("nameserver 10.96.0.10\nsearch a.svc b.svc\noptions ndots:5\ndomain x\n");
+        let d = parse_resolv_conf(
+            "nameserver 10.96.0.10\nsearch a.svc b.svc\noptions ndots:5\ndomain x\n",
+        );
         assert_eq!(d.nameservers, vec!["10.96.0.10"]);
         assert_eq!(d.search, vec!["a.svc", "b.svc"]);
         assert_eq!(d.options, vec!["ndots:5"]);

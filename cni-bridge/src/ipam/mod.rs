@@ -60,10 +60,6 @@ pub fn for_config<'a>(conf: &'a NetConf, env: &'a Env) -> Option<Box<dyn Ipam + 
             cfg,
             network: &conf.name,
         })),
-        IpamConf::Delegated { plugin } => Some(Box::new(delegate::Delegated {
-            plugin,
-            conf,
-            env,
-        })),
+        IpamConf::Delegated { plugin } => Some(Box::new(delegate::Delegated { plugin, conf, env })),
     }
 }

@@ -440,7 +440,8 @@ impl Ipvs {
         self.one(Op::DelService(*key))
     }
 
-    /// `ipvsadm -Ln -t|-u ADDR:PORT` (the real server lines).
+    /// `ipvsadm -Ln -t|-u ADDR:PORT` (the real server lines). Empty for a service that does not
+    /// exist: the kernel's dump does not tell it apart (use [`Ipvs::service`] for that).
     pub fn destinations(&self, key: &ServiceKey) -> Result<Vec<Destination>, Error> {
         let replies = self
             .sock
