@@ -407,3 +407,10 @@ fn entries_round_trip_through_the_encoding() {
         }
     }
 }
+
+/// svc-proxy shares one handle between threads: both handles must stay `Send + Sync`.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<nodenet::ipset::Ipset>();
+    shareable::<nodenet::ipvs::Ipvs>();
+};

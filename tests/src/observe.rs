@@ -25,6 +25,8 @@ pub struct Link {
     pub promisc: bool,
     /// Bridge port hairpin (`info_slave_data.hairpin`), for ports only.
     pub hairpin: Option<bool>,
+    /// Bridge port isolation (`info_slave_data.isolated`), for ports only.
+    pub isolated: Option<bool>,
 }
 
 /// `ip -n <ns> -j -d link show`.
@@ -48,6 +50,7 @@ pub fn links(ns: &Netns) -> Vec<Link> {
                 up: flags.contains(&"UP"),
                 promisc: flags.contains(&"PROMISC"),
                 hairpin: l["linkinfo"]["info_slave_data"]["hairpin"].as_bool(),
+                isolated: l["linkinfo"]["info_slave_data"]["isolated"].as_bool(),
             }
         })
         .collect()

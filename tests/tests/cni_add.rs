@@ -329,3 +329,82 @@ fn add_fails_when_the_interface_exists_in_the_pod() {
         "no address put on it"
     );
 }
+
+/// `"ipam": {}`: layer 2 only, an interface without addresses (as the reference plugin).
+#[test]
+fn l2_only_without_ipam() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("l2-node");
+    let pod = node.pod("l2-pod");
+    let config = json!({
+        "cniVersion": "1.0.0", "name": NET, "type": f.plugin_type, "bridge": "cnib0",
+        "stateDir": node.state_dir(), "ipam": {},
+    });
+    let result = node.add(&f.plugin, &config, &pod).success();
+    assert!(
+        result["ips"].as_array().is_none_or(Vec::is_empty),
+        "no IPs: {result}"
+    );
+    assert!(observe::link(&pod.ns, "eth0").is_some_and(|l| l.up));
+    assert!(observe::addresses_of(&pod.ns, "eth0").is_empty());
+    assert_eq!(observe::bridge_ports(&node.ns, "cnib0").len(), 1);
+    node.del(&f.plugin, &config, &pod).success_empty();
+    assert!(observe::veths(&node.ns).is_empty());
+}
+
+#[test]
+fn port_isolation_isolates_the_host_port() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("iso-node");
+    let pod = node.pod("iso-pod");
+    let mut config = f.config(&node, "1.0.0", NET, SUBNET);
+    config["portIsolation"] = json!(true);
+    node.add(&f.plugin, &config, &pod).success();
+    let ports = observe::bridge_ports(&node.ns, "cnib0");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].isolated, Some(true), "{:?}", ports[0]);
+}
+
+/// A bridge that already has another IPv4 address: refused (103, nothing changed) unless
+/// `forceAddress`, which replaces it with the gateway.
+#[test]
+fn force_address_replaces_a_foreign_bridge_address() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("frc-node");
+    node.ns.ip(&["link", "add", "cnib0", "type", "bridge"]);
+    node.ns.ip(&["addr", "add", "10.9.9.1/24", "dev", "cnib0"]);
+    let pod = node.pod("frc-pod");
+    let mut config = f.config(&node, "1.0.0", NET, SUBNET);
+    let before = node.state();
+    node.add(&f.plugin, &config, &pod).error_code(103);
+    assert_eq!(node.state(), before, "refused ADD changed the node");
+
+    config["forceAddress"] = json!(true);
+    node.add(&f.plugin, &config, &pod).success();
+    assert_eq!(observe::addresses_of(&node.ns, "cnib0"), ["10.0.0.1/24"]);
+}
+
+/// The spec makes `CNI_PATH` optional for ADD and DEL; the built-in allocator needs no other
+/// plugin, so it works without it.
+#[test]
+fn add_and_del_without_cni_path_with_builtin_ipam() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("nopath-node");
+    let pod = node.pod("nopath-pod");
+    let config = f.config(&node, "1.0.0", NET, SUBNET);
+    node.invoke(&f.plugin, "ADD")
+        .unset("CNI_PATH")
+        .pod(&pod)
+        .ifname("eth0")
+        .config(&config)
+        .run()
+        .success();
+    node.invoke(&f.plugin, "DEL")
+        .unset("CNI_PATH")
+        .pod(&pod)
+        .ifname("eth0")
+        .config(&config)
+        .run()
+        .success_empty();
+    assert!(node.reservations(NET).is_empty());
+}

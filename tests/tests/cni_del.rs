@@ -198,7 +198,8 @@ fn failed_delegated_ipam_rolls_back() {
     let b = node.pod("ipamfail-b");
     let before = node.state();
     let pod_before = observe::links(&b.ns);
-    node.add(&f.plugin, &broken, &b).error();
+    // Plugin-specific code (docs/CNI-BRIDGE.md): 106, IPAM binary not on CNI_PATH.
+    node.add(&f.plugin, &broken, &b).error_code(106);
     assert_eq!(
         node.state(),
         before,

@@ -232,7 +232,8 @@ fn bridge_name_taken_by_a_non_bridge_fails() {
     ]);
     let before = c.node.state();
     let out = c.add().run();
-    let err = out.error();
+    // Plugin-specific code (docs/CNI-BRIDGE.md): 102.
+    let err = out.error_code(102);
     assert!(err.text().contains("cnib0"), "{err:?}");
     assert_eq!(c.node.state(), before, "{out}");
 }

@@ -508,17 +508,24 @@ fn ctr_run_detached_killed_without_del_then_gc_releases_only_the_dead() {
 
     let alive = containerd.ctr_ok("default", &["containers", "ls", "-q"]);
     assert_eq!(alive.split_whitespace().collect::<Vec<_>>(), ["keep"]);
+    let cached = |id: &str| std::ffi::OsString::from(format!("{}-{id}-eth0", install.network));
+    assert_eq!(
+        install.libcni_cache_added(),
+        [cached("default-keep"), cached("default-leak")].into()
+    );
     gc(&node, &containerd, &install, &["default-keep"]);
     assert_released(&node, &install, "default-leak", &leak);
     assert_held(&node, &install, &net, "default-keep", keep.ip);
+    assert_eq!(
+        install.libcni_cache_added(),
+        [cached("default-keep")].into()
+    );
 
     containerd.kill_and_remove("default", "keep");
     gc(&node, &containerd, &install, &[]);
     assert_released(&node, &install, "default-keep", &keep);
     assert_eq!(install.calls().verbs("default-keep"), ["ADD"]);
-    assert_eq!(install.reservations(), vec![]);
-    assert!(install.record_files().is_empty());
-    assert_eq!(masquerade_set(&node).1, Vec::<String>::new());
+    assert_node_empty(&node, &install, &net);
 }
 
 /// The same `ctr run --cni` flow with Debian's reference `bridge` + `host-local` on the scenario's

@@ -14,6 +14,7 @@
 #
 # Binaries: $BIN_DIR/{cni-bridge,svc-proxy} (default ${CARGO_TARGET_DIR:-<repo>/target}/debug).
 # Manifest: $SERVICE_MANIFEST (default <repo>/conf/services/app-service.yaml).
+# SCENARIO_VERBOSE=1 prints which pod answered each request (scripts/scenario.sh sets it).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -46,6 +47,8 @@ cleanup() {
 trap cleanup EXIT
 
 N() { in_ns "$node" "$@"; }
+# The project's binaries run with the node's /sys too, as they would on a node.
+N_exec() { ip netns exec "$node" "$@"; }
 # A setup step that fails makes every later check meaningless.
 run() { "$@" || { fail "setup: '$*' failed"; show_proxy_log; finish; }; }
 show_proxy_log() { [ -f "$work/svc-proxy.log" ] && { echo "--- svc-proxy log (tail)"; tail -n 30 "$work/svc-proxy.log"; }; }
@@ -56,7 +59,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 cni() {
 	local verb=$1 pod=$2 ips=
 	[ -n "${3:-}" ] && ips=",\"ips\":[\"$3\"]"
-	N env CNI_COMMAND="$verb" CNI_CONTAINERID="$tag-$pod" CNI_NETNS="/run/netns/$tag-$pod" CNI_IFNAME=eth0 \
+	N_exec env CNI_COMMAND="$verb" CNI_CONTAINERID="$tag-$pod" CNI_NETNS="/run/netns/$tag-$pod" CNI_IFNAME=eth0 \
 		CNI_PATH="$bin" CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod;IgnoreUnknown=1" \
 		"$bin/cni-bridge" <<EOF
 {"cniVersion":"1.0.0","name":"$tag","type":"cni-bridge","bridge":"bridge_home",
@@ -102,13 +105,19 @@ wait_until() {
 	return 1
 }
 
-# requests NETNS COUNT: COUNT sequential requests to the VIP; prints each answer ("-" for a failure).
+# requests NETNS COUNT: COUNT sequential requests to the VIP, each on a new connection, from one curl
+# process (start-up dominates under emulation); prints each answer, "-" for a failed one, and with
+# SCENARIO_VERBOSE=1 also one line per request on stderr.
 requests() {
-	local i a
-	for ((i = 0; i < $2; i++)); do
-		a=$(http_get "$1" "$vip:8080") || a=-
-		echo "$a"
-	done
+	local urls=() i=0 a
+	for ((i = 0; i < $2; i++)); do urls+=("http://$vip:8080/"); done
+	in_ns "$1" curl -sS --connect-timeout 5 --max-time 10 -H 'Connection: close' -w '%{http_code}\n' "${urls[@]}" 2>/dev/null |
+		awk '/^[0-9][0-9][0-9]$/ { print ($1 == 200 && body != "" ? body : "-"); body = ""; next } { body = $0 }' |
+		while read -r a; do
+			i=$((i + 1))
+			[ "${SCENARIO_VERBOSE:-}" = 1 ] && echo "    curl $vip:8080 from ${1#"$tag-"} #$i -> $a" >&2
+			echo "$a"
+		done
 }
 # Prints "name=count ..." for a list of answers.
 tally() { sort | uniq -c | awk '{ printf "%s%s=%d", (NR > 1 ? " " : ""), $2, $1 }'; }
@@ -141,7 +150,7 @@ cp "$manifest" "$work/services/app-service.yaml"
 echo "manifest ($manifest):"
 sed 's/^/    /' "$manifest"
 start_proxy() {
-	N "$bin/svc-proxy" --attachments "$work/state" --resync-period 2s "$work/services" >>"$work/svc-proxy.log" 2>&1 &
+	N_exec "$bin/svc-proxy" --attachments "$work/state" --resync-period 2s "$work/services" >>"$work/svc-proxy.log" 2>&1 &
 	proxy_pid=$!
 }
 two_real_servers() { [ "$(real_servers)" = "$(printf '10.0.0.11:8080 1\n10.0.0.21:8080 1')" ]; }
@@ -246,7 +255,7 @@ section "7. svc-proxy cleanup"
 kill -TERM "$proxy_pid"
 wait "$proxy_pid"
 proxy_pid=
-run N "$bin/svc-proxy" cleanup
+run N_exec "$bin/svc-proxy" cleanup
 expect "no virtual service on the VIP" "" "$(N ipvsadm -Ln | grep "$vip")"
 expect "the hand-made virtual service is still there" "TCP  10.200.200.200:80 wlc" "$(N ipvsadm -Ln | grep 10.200.200.200 | xargs echo | sed 's/ / /')"
 expect "no dummy device svcproxy0" "" "$(N ip -o link show type dummy | grep svcproxy0)"

@@ -185,6 +185,12 @@ fn machine() -> String {
     format!("{nproc} CPUs, {cpu}, kernel {}", kernel.trim())
 }
 
+/// 1/5/15-minute load averages: the figures are only comparable at similar load.
+fn load() -> String {
+    let avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    avg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(p) = args.rss_probe {
@@ -195,6 +201,7 @@ fn main() -> Result<()> {
     }
     let mut ours = Side::new("cni-bridge", Flavor::cni_bridge(), args.pods);
     let mut reference = Side::new("reference", Flavor::reference(), args.pods);
+    let load_before = load();
     ours.warm_up()?;
     reference.warm_up()?;
 
@@ -233,6 +240,7 @@ fn main() -> Result<()> {
         args.pods
     );
     println!("machine: {}", machine());
+    println!("load average: {load_before} before, {} after", load());
     println!();
     println!("| | cni-bridge | reference bridge+host-local | ratio | target |");
     println!("|---|---|---|---|---|");

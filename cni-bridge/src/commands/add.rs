@@ -236,7 +236,6 @@ impl Plan<'_> {
             self.pod.require_link(&self.env.ifname)
         );
         let (hv, pv) = (hv?, pv?);
-        self.pod.set_up(pv.index).await?;
         if conf.hairpin || conf.port_isolation {
             self.host
                 .set_bridge_port(
@@ -318,12 +317,14 @@ impl Plan<'_> {
             let dst = unspecified(v6);
             if let Some(existing) = routes.iter().find(|r| r.dst == dst) {
                 match existing.gw {
-                    Some(gw) if Some(gw) != ip.gateway => return Err(CniError::new(
-                        code::INVALID_CONFIG,
-                        format!(
+                    Some(gw) if Some(gw) != ip.gateway => {
+                        return Err(CniError::new(
+                            code::INVALID_CONFIG,
+                            format!(
                             "isDefaultGateway ineffective because IPAM sets default route via {gw}"
                         ),
-                    )),
+                        ))
+                    }
                     _ => {
                         routes.retain(|r| r.dst != dst);
                     }
@@ -496,16 +497,23 @@ impl Plan<'_> {
         Ok(())
     }
 
-    /// Addresses and routes on the pod interface (already up).
+    /// Sysctls, addresses, link up, routes on the pod interface — the reference plugin's
+    /// order, so the kernel announces the addresses (`arp_notify`) when the link comes up.
     async fn pod_side(&self, pv: &Link, ips: &[IpConfig], routes: &[RouteConf]) -> Result<()> {
-        if !self.conf.enable_dad {
-            // As the reference plugin: no IPv6 DAD on the pod end (hairpin echoes would fail it).
-            let key = format!("net/ipv6/conf/{}/accept_dad", self.env.ifname);
-            let _ = self.netns.run(move || sysctl::write(&key, "0"));
-        }
+        let ifname = self.env.ifname.clone();
+        let enable_dad = self.conf.enable_dad;
+        // As the reference plugin: gratuitous ARP on link up, and no IPv6 DAD on the pod end
+        // (hairpin echoes would fail it). Failures (e.g. IPv6 off) are not fatal, as there.
+        let _ = self.netns.run(move || {
+            let _ = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+            if !enable_dad {
+                let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+            }
+        });
         for ip in ips {
             self.pod.add_address(pv.index, ip.address).await?;
         }
+        self.pod.set_up(pv.index).await?;
         let gw_of = |v6: bool| {
             ips.iter()
                 .find(|i| i.address.is_ipv6() == v6)

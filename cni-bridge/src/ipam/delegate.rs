@@ -133,9 +133,24 @@ impl Delegated<'_> {
             .unwrap_or_default()
     }
 
-    /// Whether an error means "this plugin does not know the verb" (older plugins).
-    fn unsupported_verb(e: &CniError) -> bool {
-        e.code == code::INVALID_ENV || e.code == code::INCOMPATIBLE_VERSION
+    /// Whether the plugin's VERSION reply lists 1.1.0 (the first version with GC and STATUS);
+    /// libcni asks the same before sending those verbs.
+    fn speaks_1_1(&self) -> Result<bool> {
+        let stdin = serde_json::json!({"cniVersion": self.conf.version.as_str()}).to_string();
+        let reply = self.run_once(
+            &Call {
+                command: "VERSION",
+                container_id: "",
+                ifname: "",
+                netns: "",
+            },
+            stdin.as_bytes(),
+        )?;
+        Ok(reply
+            .as_ref()
+            .and_then(|v| v.get("supportedVersions"))
+            .and_then(Value::as_array)
+            .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some("1.1.0"))))
     }
 }
 
@@ -186,29 +201,27 @@ impl super::Ipam for Delegated<'_> {
     }
 
     fn gc(&self, _valid: &[GcAttachment]) -> Result<Vec<super::Released>> {
-        match self.run(&Call {
-            command: "GC",
-            container_id: "",
-            ifname: "",
-            netns: "",
-        }) {
-            Ok(_) => Ok(Vec::new()),
-            // Pre-1.1 plugins have no GC; the caller already DELed every stale record.
-            Err(e) if Self::unsupported_verb(&e) => Ok(Vec::new()),
-            Err(e) => Err(e),
+        // Pre-1.1 plugins have no GC; the caller has DELed every stale record through them.
+        if self.speaks_1_1()? {
+            self.run(&Call {
+                command: "GC",
+                container_id: "",
+                ifname: "",
+                netns: "",
+            })?;
         }
+        Ok(Vec::new())
     }
 
     fn status(&self) -> Result<()> {
-        match self.run(&Call {
-            command: "STATUS",
-            container_id: "",
-            ifname: "",
-            netns: "",
-        }) {
-            Ok(_) => Ok(()),
-            Err(e) if Self::unsupported_verb(&e) => Ok(()),
-            Err(e) => Err(e),
+        if self.speaks_1_1()? {
+            self.run(&Call {
+                command: "STATUS",
+                container_id: "",
+                ifname: "",
+                netns: "",
+            })?;
         }
+        Ok(())
     }
 }

@@ -608,6 +608,93 @@ impl<'a> Iterator for RangeIter<'a> {
     }
 }
 
+/// The built-in allocator bound to one network.
+pub struct Builtin<'a> {
+    pub cfg: &'a Config,
+    pub network: &'a str,
+}
+
+impl super::Ipam for Builtin<'_> {
+    fn add(&self, owner: super::Owner<'_>, requested: &[IpAddr]) -> Result<super::IpamResult> {
+        let dns = self.cfg.dns()?;
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let ips = store.allocate(self.cfg, owner.container_id, owner.ifname, requested)?;
+        Ok(super::IpamResult {
+            ips,
+            routes: self.cfg.routes.clone(),
+            dns,
+        })
+    }
+
+    fn del(&self, owner: super::Owner<'_>, known: &[IpAddr]) -> Result<()> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let mut released = 0;
+        for ip in known {
+            if store.release_ip(*ip, owner.container_id, owner.ifname)? {
+                released += 1;
+            }
+        }
+        // Without a record (or if it named nothing we held) fall back to host-local's walk.
+        if released == 0 {
+            store.release_by_id(owner.container_id, owner.ifname)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, owner: super::Owner<'_>, ips: &[IpAddr]) -> Result<()> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let held: Vec<IpAddr> = store
+            .reservations()?
+            .into_iter()
+            .filter(|r| r.container_id == owner.container_id && r.ifname == owner.ifname)
+            .map(|r| r.ip)
+            .collect();
+        for ip in ips {
+            if !held.contains(ip) {
+                return Err(CniError::new(
+                    code::CHECK_MISMATCH,
+                    format!(
+                        "ipam: {ip} is not reserved for {}/{}",
+                        owner.container_id, owner.ifname
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn gc(&self, valid: &[crate::config::GcAttachment]) -> Result<Vec<super::Released>> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        let mut out = Vec::new();
+        for r in store.reservations()? {
+            let keep = valid
+                .iter()
+                .any(|v| v.container_id == r.container_id && v.ifname == r.ifname);
+            if !keep && store.release_ip(r.ip, &r.container_id, &r.ifname)? {
+                out.push(super::Released {
+                    ip: r.ip,
+                    container_id: r.container_id,
+                    ifname: r.ifname,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn status(&self) -> Result<()> {
+        let store = Store::open(&self.cfg.data_dir, self.network)?;
+        for (i, free) in store.free_counts(self.cfg)?.into_iter().enumerate() {
+            if free == 0 {
+                return Err(CniError::new(
+                    code::NOT_AVAILABLE,
+                    format!("no free address left in range set {i}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -753,92 +840,5 @@ mod tests {
         assert_eq!(d.search, vec!["a.svc", "b.svc"]);
         assert_eq!(d.options, vec!["ndots:5"]);
         assert_eq!(d.domain, "x");
-    }
-}
-
-/// The built-in allocator bound to one network.
-pub struct Builtin<'a> {
-    pub cfg: &'a Config,
-    pub network: &'a str,
-}
-
-impl super::Ipam for Builtin<'_> {
-    fn add(&self, owner: super::Owner<'_>, requested: &[IpAddr]) -> Result<super::IpamResult> {
-        let dns = self.cfg.dns()?;
-        let store = Store::open(&self.cfg.data_dir, self.network)?;
-        let ips = store.allocate(self.cfg, owner.container_id, owner.ifname, requested)?;
-        Ok(super::IpamResult {
-            ips,
-            routes: self.cfg.routes.clone(),
-            dns,
-        })
-    }
-
-    fn del(&self, owner: super::Owner<'_>, known: &[IpAddr]) -> Result<()> {
-        let store = Store::open(&self.cfg.data_dir, self.network)?;
-        let mut released = 0;
-        for ip in known {
-            if store.release_ip(*ip, owner.container_id, owner.ifname)? {
-                released += 1;
-            }
-        }
-        // Without a record (or if it named nothing we held) fall back to host-local's walk.
-        if released == 0 {
-            store.release_by_id(owner.container_id, owner.ifname)?;
-        }
-        Ok(())
-    }
-
-    fn check(&self, owner: super::Owner<'_>, ips: &[IpAddr]) -> Result<()> {
-        let store = Store::open(&self.cfg.data_dir, self.network)?;
-        let held: Vec<IpAddr> = store
-            .reservations()?
-            .into_iter()
-            .filter(|r| r.container_id == owner.container_id && r.ifname == owner.ifname)
-            .map(|r| r.ip)
-            .collect();
-        for ip in ips {
-            if !held.contains(ip) {
-                return Err(CniError::new(
-                    code::CHECK_MISMATCH,
-                    format!(
-                        "ipam: {ip} is not reserved for {}/{}",
-                        owner.container_id, owner.ifname
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn gc(&self, valid: &[crate::config::GcAttachment]) -> Result<Vec<super::Released>> {
-        let store = Store::open(&self.cfg.data_dir, self.network)?;
-        let mut out = Vec::new();
-        for r in store.reservations()? {
-            let keep = valid
-                .iter()
-                .any(|v| v.container_id == r.container_id && v.ifname == r.ifname);
-            if !keep && store.release_ip(r.ip, &r.container_id, &r.ifname)? {
-                out.push(super::Released {
-                    ip: r.ip,
-                    container_id: r.container_id,
-                    ifname: r.ifname,
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    fn status(&self) -> Result<()> {
-        let store = Store::open(&self.cfg.data_dir, self.network)?;
-        for (i, free) in store.free_counts(self.cfg)?.into_iter().enumerate() {
-            if free == 0 {
-                return Err(CniError::new(
-                    code::NOT_AVAILABLE,
-                    format!("no free address left in range set {i}"),
-                ));
-            }
-        }
-        Ok(())
     }
 }
