@@ -87,6 +87,7 @@ impl From<nodenet::link::LinkError> for CniError {
             nodenet::link::LinkError::WrongKind { .. } => {
                 CniError::new(code::NOT_A_BRIDGE, e.to_string())
             }
+            nodenet::link::LinkError::NetNs(ns) => ns.into(),
             _ => CniError::new(code::KERNEL, e.to_string()),
         }
     }
@@ -97,6 +98,10 @@ impl From<nodenet::netns::NetNsError> for CniError {
         match e {
             nodenet::netns::NetNsError::NotFound { .. } => {
                 CniError::new(code::UNKNOWN_CONTAINER, e.to_string())
+            }
+            // The path exists but is no network namespace: the runtime passed a bad CNI_NETNS.
+            nodenet::netns::NetNsError::Enter { .. } => {
+                CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {e}"))
             }
             _ => CniError::new(code::KERNEL, e.to_string()),
         }

@@ -324,7 +324,7 @@ impl Rtnl {
     /// Gets or creates a `dummy` link, up (`ip link add NAME type dummy; ip link set NAME up`).
     /// Fails with [`LinkError::WrongKind`] if the name is taken by another kind.
     pub async fn ensure_dummy(&self, name: &str) -> Result<Link> {
-        let link = match self.existing_of_kind(name, "dummy").await? {
+        let mut link = match self.existing_of_kind(name, "dummy").await? {
             Some(l) => l,
             None => {
                 let msg = LinkDummy::new(name).up().build();
@@ -337,6 +337,7 @@ impl Rtnl {
         };
         if !link.up {
             self.set_up(link.index).await?;
+            link.up = true;
         }
         Ok(link)
     }
@@ -350,7 +351,7 @@ impl Rtnl {
             if !l.up {
                 self.set_up(l.index).await?;
             }
-            return Ok((l, false));
+            return Ok((Link { up: true, ..l }, false));
         }
         let mut b = LinkBridge::new(&spec.name);
         if spec.mtu != 0 {
@@ -362,12 +363,13 @@ impl Rtnl {
         let created = self
             .create(b.build(), format!("create bridge {}", spec.name))
             .await?;
-        let link = self
+        let mut link = self
             .existing_of_kind(&spec.name, "bridge")
             .await?
             .ok_or_else(|| LinkError::NotFound(spec.name.clone()))?;
         if !link.up {
             self.set_up(link.index).await?;
+            link.up = true;
         }
         Ok((link, created))
     }

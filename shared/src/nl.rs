@@ -49,8 +49,6 @@ pub const HEADER_LEN: usize = 16;
 const RCVBUF: usize = 4 << 20;
 /// Receive buffer per call: dumps come in datagrams of at most 32 KiB.
 const RECV_BUF: usize = 64 << 10;
-/// `MSG_TRUNC`: report the real datagram length so a truncation is detected.
-const MSG_TRUNC: i32 = 0x20;
 /// How long to wait for a reply before giving up on it.
 const RECV_TIMEOUT_SECS: i64 = 30;
 /// Largest datagram we send when pipelining; each one is processed by the kernel in one go.
@@ -492,7 +490,7 @@ impl Socket {
                         }
                         if interrupted {
                             return Err(Error::Kernel {
-                                code: libc_eintr(),
+                                code: eintr(),
                                 message: Some("dump interrupted by a concurrent change".into()),
                             });
                         }
@@ -516,9 +514,7 @@ impl Socket {
         let mut attempts = 0;
         loop {
             match self.request_replies(msg.clone()) {
-                Err(Error::Kernel { code, .. }) if code == libc_eintr() && attempts < 3 => {
-                    attempts += 1
-                }
+                Err(Error::Kernel { code, .. }) if code == eintr() && attempts < 3 => attempts += 1,
                 other => return other,
             }
         }
@@ -619,7 +615,11 @@ impl Socket {
     fn recv(&self, state: &mut State) -> Result<usize, Error> {
         let n = loop {
             state.buf.clear();
-            match self.sock.recv(&mut state.buf, MSG_TRUNC) {
+            // MSG_TRUNC: the real datagram length comes back, so a truncation is detected.
+            match self
+                .sock
+                .recv(&mut state.buf, nix::sys::socket::MsgFlags::MSG_TRUNC.bits())
+            {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other?,
             }
@@ -634,6 +634,6 @@ impl Socket {
     }
 }
 
-fn libc_eintr() -> i32 {
+fn eintr() -> i32 {
     nix::errno::Errno::EINTR as i32
 }

@@ -2,8 +2,11 @@
 //! observer. This machine's kernel has no IPVS, so they are ignored here and run inside the VM:
 //!
 //! ```sh
-//! cargo test -p nodenet --test ipvs_kernel --no-run        # build on the host
-//! tests/vm/run.sh cargo test -p nodenet --test ipvs_kernel -- --ignored --test-threads 1
+//! # as root, from /work/main; PATH carries cargo into the guest (CARGO_TARGET_DIR goes anyway)
+//! VM_ENV=PATH tests/vm/run.sh cargo test -p nodenet --test ipvs_kernel -- --ignored
+//! # faster: build here, run the test binary in the guest
+//! cargo test -p nodenet --test ipvs_kernel --no-run   # prints the binary's path
+//! tests/vm/run.sh target/debug/deps/ipvs_kernel-<hash> --ignored
 //! ```
 //!
 //! Each test works in a private network namespace (`unshare(CLONE_NEWNET)` on its own thread)

@@ -54,6 +54,17 @@ pub struct Kernel {
     dummy_index: Option<u32>,
     /// The missing-`br_netfilter` warning is logged once.
     warned_bridge: bool,
+    /// The running iptables check, if any.
+    rules_check: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Kernel {
+    /// Lets a started rules check finish (`--once` exits right after its sync).
+    fn drop(&mut self) {
+        if let Some(h) = self.rules_check.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 fn err(context: impl std::fmt::Display) -> impl FnOnce(&dyn std::fmt::Display) -> DataplaneError {
@@ -98,6 +109,7 @@ impl Kernel {
             iptables: Iptables::new(Family::V4),
             dummy_index: None,
             warned_bridge: false,
+            rules_check: None,
         })
     }
 
@@ -124,7 +136,7 @@ impl Kernel {
             .rt
             .block_on(self.rtnl.addresses(index))
             .map_err(|e| err(format!("addresses of {}", self.dummy))(&e))?;
-        Ok(nets.iter().map(|n| n.ip()).collect())
+        Ok(nets.iter().map(|n| n.ip()).filter(|ip| !is_link_local(ip)).collect())
     }
 
     fn ensure_sysctls(&mut self) -> Result<()> {
@@ -171,6 +183,22 @@ impl Kernel {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Starts a check of the iptables rules on a thread of its own unless one is running: each
+    /// check execs iptables a few times, which must not hold up the reconcile loop.
+    fn check_rules(&mut self) {
+        if let Some(h) = self.rules_check.take_if(|h| h.is_finished()) {
+            let _ = h.join();
+        }
+        if self.rules_check.is_none() {
+            let ipt = self.iptables.clone();
+            self.rules_check = Some(std::thread::spawn(move || {
+                if let Err(e) = ensure_rules(&ipt) {
+                    log::error!("{e}");
+                }
+            }));
+        }
     }
 
     fn apply_addresses(&mut self, ops: &[Op]) -> Vec<Result<()>> {
@@ -331,6 +359,32 @@ fn observed_dests(dests: Vec<Destination>) -> BTreeMap<std::net::SocketAddr, Obs
         .collect()
 }
 
+/// IPv6 link-local addresses: the kernel gives one to every device; they are not VIPs.
+fn is_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+/// Ensures the nat chain, its one rule and the jump from POSTROUTING (`iptables -C`, then `-N`/`-A`).
+fn ensure_rules(ipt: &Iptables) -> Result<()> {
+    let rule_err = |e: &dyn std::fmt::Display| DataplaneError::new("iptables", e);
+    if ipt.ensure_chain("nat", POSTROUTING_CHAIN).map_err(|e| rule_err(&e))? {
+        log::info!("created nat chain {POSTROUTING_CHAIN}");
+    }
+    if ipt
+        .ensure_rule("nat", POSTROUTING_CHAIN, MASQUERADE_RULE, Position::Append)
+        .map_err(|e| rule_err(&e))?
+    {
+        log::info!("added -t nat -A {POSTROUTING_CHAIN} {}", MASQUERADE_RULE.join(" "));
+    }
+    if ipt
+        .ensure_rule("nat", "POSTROUTING", &["-j", POSTROUTING_CHAIN], Position::Append)
+        .map_err(|e| rule_err(&e))?
+    {
+        log::info!("added -t nat -A POSTROUTING -j {POSTROUTING_CHAIN}");
+    }
+    Ok(())
+}
+
 /// Whether `conn_reuse_mode` must be 0: kernels 4.1 to 5.8 stall new connections for a second
 /// when a port is reused (kubernetes#70747); 5.9 fixed it.
 pub fn needs_conn_reuse_mode_0(release: &str) -> bool {
@@ -358,34 +412,7 @@ impl Dataplane for Kernel {
         {
             log::info!("created ipset {LOOPBACK_SET} (hash:ip,port,ip)");
         }
-        let ipt = &self.iptables;
-        let rule_err = |e: &dyn std::fmt::Display| DataplaneError::new("iptables", e);
-        if ipt
-            .ensure_chain("nat", POSTROUTING_CHAIN)
-            .map_err(|e| rule_err(&e))?
-        {
-            log::info!("created nat chain {POSTROUTING_CHAIN}");
-        }
-        if ipt
-            .ensure_rule("nat", POSTROUTING_CHAIN, MASQUERADE_RULE, Position::Append)
-            .map_err(|e| rule_err(&e))?
-        {
-            log::info!(
-                "added -t nat -A {POSTROUTING_CHAIN} {}",
-                MASQUERADE_RULE.join(" ")
-            );
-        }
-        if ipt
-            .ensure_rule(
-                "nat",
-                "POSTROUTING",
-                &["-j", POSTROUTING_CHAIN],
-                Position::Append,
-            )
-            .map_err(|e| rule_err(&e))?
-        {
-            log::info!("added -t nat -A POSTROUTING -j {POSTROUTING_CHAIN}");
-        }
+        self.check_rules();
         self.ensure_sysctls()
     }
 
@@ -491,6 +518,9 @@ impl Dataplane for Kernel {
                 first.get_or_insert(DataplaneError(format!("removing {what}: {e}")));
             }
         };
+        if let Some(h) = self.rules_check.take() {
+            let _ = h.join();
+        }
         let ipt = &self.iptables;
         note(
             &format!("-t nat POSTROUTING -j {POSTROUTING_CHAIN}"),
@@ -538,6 +568,13 @@ impl Dataplane for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_link_local_addresses_are_not_vips() {
+        assert!(is_link_local(&"fe80::f483:29ff:fe0e:674b".parse().unwrap()));
+        assert!(!is_link_local(&"fd00::10".parse().unwrap()));
+        assert!(!is_link_local(&"10.100.100.100".parse().unwrap()));
+    }
 
     #[test]
     fn conn_reuse_mode_is_pinned_only_on_affected_kernels() {

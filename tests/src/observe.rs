@@ -242,6 +242,21 @@ impl NodeState {
     }
 }
 
+impl NodeState {
+    /// This state without the allocator's bookkeeping files (`lock`, `last_reserved_ip.*`),
+    /// which host-local itself creates and advances even for an allocation it later releases.
+    pub fn without_ipam_bookkeeping(mut self) -> NodeState {
+        self.files.retain(|path, _| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            name != "lock" && !name.starts_with("last_reserved_ip.")
+        });
+        self
+    }
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }

@@ -56,19 +56,20 @@ fn assert_check(f: &Flavor) {
     // Break the pod's state: its address disappears.
     pod.ns.ip(&["addr", "del", &r.address(), "dev", "eth0"]);
     let out = check(f, &node, &config, &result, &pod);
-    let err = out.error();
+    // Plugin-specific code (docs/CNI-BRIDGE.md): 105, kernel state differs.
+    let err = out.error_code(105);
     assert!(
         err.text().contains(&r.ip_addr().to_string()),
         "names the address: {err:?}"
     );
 
-    // CHECK without prevResult is refused.
+    // CHECK without prevResult is invalid config (7).
     node.invoke(&f.plugin, "CHECK")
         .pod(&pod)
         .ifname("eth0")
         .config(&config)
         .run()
-        .error();
+        .error_code(7);
 }
 
 #[test]
@@ -91,7 +92,7 @@ fn check_fails_when_host_veth_leaves_the_bridge() {
     let (result, r) = add(&f, &node, &config, &pod);
     node.ns
         .ip(&["link", "set", &r.host_veth_name(), "nomaster"]);
-    check(&f, &node, &config, &result, &pod).error();
+    check(&f, &node, &config, &result, &pod).error_code(105);
 }
 
 fn status(f: &Flavor, node: &Node, config: &Value) -> node_tests::cni::Outcome {
@@ -429,4 +430,75 @@ fn switching_from_reference_bridge_keeps_state_and_reservations() {
         .reservations(NET)
         .contains_key(&r_ref.ip_addr().to_string()));
     assert!(observe::link(&pod_ref.ns, "eth0").is_none());
+}
+
+/// Verbs newer than the config's `cniVersion` are refused with code 1 (CHECK came with 0.4.0,
+/// STATUS and GC with 1.1.0); GC without its attachment list is invalid config (7).
+#[test]
+fn verbs_need_their_spec_version() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("vv-node");
+    let pod = node.pod("vv-pod");
+    let config = config(&f, &node);
+    let (result, _) = add(&f, &node, &config, &pod);
+    let before = node.state();
+
+    let mut old = config.clone();
+    old["cniVersion"] = json!("1.0.0");
+    status(&f, &node, &old).error_code(1);
+    let mut gc_old = old.clone();
+    gc_old["cni.dev/valid-attachments"] = json!([]);
+    node.invoke(&f.plugin, "GC")
+        .config(&gc_old)
+        .run()
+        .error_code(1);
+    let mut ancient = with_prev_result(&config, &result);
+    ancient["cniVersion"] = json!("0.3.1");
+    node.invoke(&f.plugin, "CHECK")
+        .pod(&pod)
+        .ifname("eth0")
+        .config(&ancient)
+        .run()
+        .error_code(1);
+    node.invoke(&f.plugin, "GC")
+        .config(&config)
+        .run()
+        .error_code(7);
+    assert_eq!(node.state(), before, "refused verbs changed the node");
+}
+
+/// STATUS answers 50 when the bridge name is taken by a link that is not a bridge.
+#[test]
+fn status_is_50_when_the_bridge_name_is_taken() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("stbr-node");
+    node.ns.ip(&[
+        "link", "add", "cnib0", "type", "veth", "peer", "name", "cnib0p",
+    ]);
+    status(&f, &node, &config(&f, &node)).error_code(50);
+}
+
+/// After switching from the reference plugin, GC also releases host-local's reservations of
+/// attachments the runtime no longer knows (the IP leak of a missed DEL), and keeps valid ones.
+#[test]
+fn gc_after_switching_releases_stale_host_local_reservations() {
+    let reference = Flavor::reference();
+    let ours = Flavor::cni_bridge();
+    let node = Node::new("gcsw-node");
+    let mut old = config(&reference, &node);
+    old["cniVersion"] = json!("1.0.0");
+    let stale = node.pod("gcsw-stale");
+    let kept = node.pod("gcsw-kept");
+    let (_, r_stale) = add(&reference, &node, &old, &stale);
+    let (_, r_kept) = add(&reference, &node, &old, &kept);
+
+    let mut gc = config(&ours, &node);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": kept.id, "ifname": "eth0"}]);
+    node.invoke(&ours.plugin, "GC")
+        .config(&gc)
+        .run()
+        .success_empty();
+    let reserved: BTreeSet<String> = node.reservations(NET).into_keys().collect();
+    assert_eq!(reserved, [r_kept.ip_addr().to_string()].into());
+    assert!(!reserved.contains(&r_stale.ip_addr().to_string()));
 }

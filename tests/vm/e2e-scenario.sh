@@ -74,7 +74,8 @@ EOF
 start_pod() {
 	local pod=$1 i
 	ip netns add "$tag-$pod" || return 1
-	in_ns "$tag-$pod" python3 "$here/pod-server.py" "$pod" >"$work/$pod.log" 2>&1 &
+	# Not through a shell function: $! must be the server itself, so that kill reaches it.
+	nsenter --net="/run/netns/$tag-$pod" python3 "$here/pod-server.py" "$pod" >"$work/$pod.log" 2>&1 &
 	server_pid[$pod]=$!
 	for ((i = 0; i < 600; i++)); do
 		[ -n "$(in_ns "$tag-$pod" ss -Hltn 'sport = :8080')" ] && return 0
@@ -150,7 +151,7 @@ cp "$manifest" "$work/services/app-service.yaml"
 echo "manifest ($manifest):"
 sed 's/^/    /' "$manifest"
 start_proxy() {
-	N_exec "$bin/svc-proxy" --attachments "$work/state" --resync-period 2s "$work/services" >>"$work/svc-proxy.log" 2>&1 &
+	ip netns exec "$node" "$bin/svc-proxy" --attachments "$work/state" --resync-period 2s "$work/services" >>"$work/svc-proxy.log" 2>&1 &
 	proxy_pid=$!
 }
 two_real_servers() { [ "$(real_servers)" = "$(printf '10.0.0.11:8080 1\n10.0.0.21:8080 1')" ]; }
@@ -205,7 +206,7 @@ expect "20 requests, all answered, none by leah" "dustin=10 sam=10" "$(echo "$an
 
 section "5. svc-proxy restarted while a long TCP connection through the VIP is open"
 mkdir -p "$work/conn"
-N python3 "$here/long-conn.py" "$vip" 8080 "$work/conn" 2>"$work/conn/err" &
+nsenter --net="/run/netns/$node" python3 "$here/long-conn.py" "$vip" 8080 "$work/conn" 2>"$work/conn/err" &
 client_pid=$!
 wait_until 60 test -f "$work/conn/answer.1"
 first=$(cat "$work/conn/answer.1" 2>/dev/null)
@@ -257,7 +258,7 @@ wait "$proxy_pid"
 proxy_pid=
 run N_exec "$bin/svc-proxy" cleanup
 expect "no virtual service on the VIP" "" "$(N ipvsadm -Ln | grep "$vip")"
-expect "the hand-made virtual service is still there" "TCP  10.200.200.200:80 wlc" "$(N ipvsadm -Ln | grep 10.200.200.200 | xargs echo | sed 's/ / /')"
+expect "the hand-made virtual service is still there" "TCP 10.200.200.200:80 wlc" "$(N ipvsadm -Ln | grep 10.200.200.200 | xargs echo)"
 expect "no dummy device svcproxy0" "" "$(N ip -o link show type dummy | grep svcproxy0)"
 expect "VIP on no device" "" "$(N ip -o addr | grep "$vip")"
 expect "no SVCPROXY set" "" "$(N ipset list -n | grep SVCPROXY)"

@@ -70,7 +70,8 @@ start_pod_server() {
 	local ns=$1 name=$2 dir=$3
 	mkdir -p "$dir"
 	echo "$name" >"$dir/index.html"
-	in_ns "$ns" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$dir" >"$dir/server.log" 2>&1 &
+	# Not through in_ns: $! must be the server itself, so that kill reaches it.
+	nsenter --net="/run/netns/$ns" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$dir" >"$dir/server.log" 2>&1 &
 	echo $!
 }
 

@@ -189,6 +189,44 @@ fn unspecified(v6: bool) -> IpNetwork {
     }
 }
 
+/// IPAM's routes plus, with `isDefaultGateway`, a default route per address family via
+/// that family's gateway.
+fn result_routes(conf: &NetConf, res: &IpamResult) -> Result<Vec<RouteConf>> {
+    let mut routes = res.routes.clone();
+    if !conf.is_default_gateway {
+        return Ok(routes);
+    }
+    let mut done_families = Vec::new();
+    for ip in &res.ips {
+        let v6 = ip.address.is_ipv6();
+        if done_families.contains(&v6) {
+            continue;
+        }
+        done_families.push(v6);
+        let dst = unspecified(v6);
+        if let Some(existing) = routes.iter().find(|r| r.dst == dst) {
+            match existing.gw {
+                Some(gw) if Some(gw) != ip.gateway => {
+                    return Err(CniError::new(
+                        code::INVALID_CONFIG,
+                        format!(
+                            "isDefaultGateway ineffective because IPAM sets default route via {gw}"
+                        ),
+                    ))
+                }
+                _ => {
+                    routes.retain(|r| r.dst != dst);
+                }
+            }
+        }
+        routes.push(RouteConf {
+            dst,
+            gw: ip.gateway,
+        });
+    }
+    Ok(routes)
+}
+
 struct Plan<'a> {
     env: &'a Env,
     conf: &'a NetConf,
@@ -225,7 +263,7 @@ impl Plan<'_> {
             .collect();
         record.save(&conf.state_dir)?;
 
-        let routes = self.routes(&ipam_res)?;
+        let routes = result_routes(conf, &ipam_res)?;
         let br = self.bridge(bridge).await?;
         let [host_mac, random_pod_mac] = names::random_macs::<2>()
             .map_err(|e| CniError::new(code::KERNEL, format!("reading /dev/urandom: {e}")))?;
@@ -300,44 +338,6 @@ impl Plan<'_> {
         })
     }
 
-    /// IPAM's routes plus, with `isDefaultGateway`, a default route per address family via
-    /// that family's gateway.
-    fn routes(&self, res: &IpamResult) -> Result<Vec<RouteConf>> {
-        let mut routes = res.routes.clone();
-        if !self.conf.is_default_gateway {
-            return Ok(routes);
-        }
-        let mut done_families = Vec::new();
-        for ip in &res.ips {
-            let v6 = ip.address.is_ipv6();
-            if done_families.contains(&v6) {
-                continue;
-            }
-            done_families.push(v6);
-            let dst = unspecified(v6);
-            if let Some(existing) = routes.iter().find(|r| r.dst == dst) {
-                match existing.gw {
-                    Some(gw) if Some(gw) != ip.gateway => {
-                        return Err(CniError::new(
-                            code::INVALID_CONFIG,
-                            format!(
-                            "isDefaultGateway ineffective because IPAM sets default route via {gw}"
-                        ),
-                        ))
-                    }
-                    _ => {
-                        routes.retain(|r| r.dst != dst);
-                    }
-                }
-            }
-            routes.push(RouteConf {
-                dst,
-                gw: ip.gateway,
-            });
-        }
-        Ok(routes)
-    }
-
     /// Gets or creates the bridge and applies `promiscMode` and a raised `mtu`.
     async fn bridge(&self, found: Option<Link>) -> Result<Link> {
         let conf = self.conf;
@@ -362,6 +362,10 @@ impl Plan<'_> {
                 link
             }
         };
+        if !br.up {
+            self.host.set_up(br.index).await?;
+            br.up = true;
+        }
         if conf.promisc && !br.promisc {
             self.host.set_promisc(br.index, true).await?;
             br.promisc = true;
@@ -529,5 +533,68 @@ impl Plan<'_> {
             self.pod.add_route(&route).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(default_gw: bool) -> NetConf {
+        let v =
+            json!({"cniVersion": "1.0.0", "name": "n", "isDefaultGateway": default_gw, "ipam": {}});
+        NetConf::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn res(routes: Value) -> IpamResult {
+        IpamResult {
+            ips: vec![
+                IpConfig {
+                    address: "10.0.0.11/24".parse().unwrap(),
+                    gateway: Some("10.0.0.1".parse().unwrap()),
+                    interface: Some(2),
+                },
+                IpConfig {
+                    address: "fd00::b/64".parse().unwrap(),
+                    gateway: Some("fd00::1".parse().unwrap()),
+                    interface: Some(2),
+                },
+            ],
+            routes: serde_json::from_value(routes).unwrap(),
+            dns: Default::default(),
+        }
+    }
+
+    #[test]
+    fn default_gateway_adds_one_default_route_per_family() {
+        let r = result_routes(&conf(true), &res(json!([{"dst": "0.0.0.0/0"}]))).unwrap();
+        let text: Vec<String> = r.iter().map(|r| format!("{} {:?}", r.dst, r.gw)).collect();
+        assert_eq!(text, vec!["0.0.0.0/0 Some(10.0.0.1)", "::/0 Some(fd00::1)"]);
+        let plain = result_routes(&conf(false), &res(json!([{"dst": "0.0.0.0/0"}]))).unwrap();
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].gw, None);
+    }
+
+    #[test]
+    fn ipam_default_route_via_another_gateway_is_code_7() {
+        let e = result_routes(
+            &conf(true),
+            &res(json!([{"dst": "0.0.0.0/0", "gw": "10.0.0.254"}])),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn first_host_is_network_plus_one() {
+        assert_eq!(
+            first_host(&"10.0.0.11/24".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            first_host(&"fd00::b/64".parse().unwrap()),
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
     }
 }
