@@ -1,8 +1,9 @@
 //! Network namespaces: a handle on one, and running code inside it.
 //!
-//! Nothing here switches the namespace of a long-lived thread. [`NetNs::run`] runs a closure on a
-//! short-lived thread that has joined the namespace; sockets opened there stay bound to it after
-//! the thread ends (netavark's pattern), so callers keep one socket per namespace side by side.
+//! [`NetNs::run`] runs a synchronous closure inside the namespace and returns to the caller's
+//! namespace before it returns (also when the closure panics). Sockets and `/proc/sys/net` files
+//! opened in the closure stay bound to the namespace for their whole life (netavark's pattern),
+//! so callers keep one socket per namespace side by side instead of switching around awaits.
 //! This module needs no `unsafe`: `setns(2)` goes through `nix`.
 
 use std::fs::File;
@@ -26,9 +27,6 @@ pub enum NetNsError {
     /// The file is not a network namespace (or the kernel refused to join it).
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: nix::Error },
-    /// The helper thread could not be started or panicked.
-    #[error("network namespace {path}: helper thread failed: {reason}")]
-    Thread { path: PathBuf, reason: String },
 }
 
 /// An open network namespace (`ip netns exec`'s target), held by file descriptor so it cannot
@@ -76,31 +74,36 @@ impl NetNs {
         self.file.as_raw_fd()
     }
 
-    /// Runs `f` on a fresh thread that has joined this namespace (`ip netns exec NAME`), and
-    /// returns its result. Sockets and `/proc/sys/net` files opened inside `f` belong to this
+    /// Runs `f` inside this namespace (`ip netns exec NAME`) and returns its result. The calling
+    /// thread joins the namespace for the duration of `f` only (two `setns` calls are cheaper
+    /// than starting a thread, which an ADD would do twice), so `f` must not wait for other
+    /// tasks of the same thread. Sockets and `/proc/sys/net` files opened inside `f` belong to this
     /// namespace for their whole life.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetNsError> {
-        let fd = self.file.as_fd();
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("netns".into())
-                .spawn_scoped(scope, move || enter(fd).map(|()| f()))
-                .map_err(|e| NetNsError::Thread {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                })?;
-            match worker.join() {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(source)) => Err(NetNsError::Enter {
-                    path: self.path.clone(),
-                    source,
-                }),
-                Err(_) => Err(NetNsError::Thread {
-                    path: self.path.clone(),
-                    reason: "panicked".into(),
-                }),
-            }
-        })
+        let home = NetNs::current()?;
+        enter(self.file.as_fd()).map_err(|source| NetNsError::Enter {
+            path: self.path.clone(),
+            source,
+        })?;
+        let _back = Return(home);
+        Ok(f())
+    }
+}
+
+/// Rejoins the namespace it holds when dropped, so a panic in the closure cannot leave the
+/// thread elsewhere.
+struct Return(NetNs);
+
+impl Drop for Return {
+    fn drop(&mut self) {
+        if let Err(e) = enter(self.0.file.as_fd()) {
+            // Carrying on in the wrong namespace would change the wrong node's network.
+            eprintln!(
+                "fatal: cannot return to network namespace {}: {e}",
+                self.0.path.display()
+            );
+            std::process::abort();
+        }
     }
 }
 
@@ -130,5 +133,25 @@ mod tests {
     fn current_namespace_runs_closure() {
         let ns = NetNs::current().unwrap();
         assert_eq!(ns.run(|| 41 + 1).unwrap(), 42);
+    }
+
+    #[test]
+    fn closure_runs_inside_and_caller_returns() {
+        let ino = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let before = ino("/proc/thread-self/ns/net").unwrap();
+        // A namespace of our own: the test needs root (CAP_SYS_ADMIN), like every netns test.
+        let name = format!("nodenet-test-{}", std::process::id());
+        let status = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add (root required)");
+        assert!(status.success(), "ip netns add {name} failed: root required");
+        let path = PathBuf::from(format!("/run/netns/{name}"));
+        let ns = NetNs::from_path(&path).unwrap();
+        let inside = ns.run(|| ino("/proc/thread-self/ns/net").unwrap()).unwrap();
+        let after = ino("/proc/thread-self/ns/net").unwrap();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
+        assert_ne!(inside, before);
+        assert_eq!(after, before);
     }
 }

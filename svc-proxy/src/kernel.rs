@@ -136,7 +136,11 @@ impl Kernel {
             .rt
             .block_on(self.rtnl.addresses(index))
             .map_err(|e| err(format!("addresses of {}", self.dummy))(&e))?;
-        Ok(nets.iter().map(|n| n.ip()).filter(|ip| !is_link_local(ip)).collect())
+        Ok(nets
+            .iter()
+            .map(|n| n.ip())
+            .filter(|ip| !is_link_local(ip))
+            .collect())
     }
 
     fn ensure_sysctls(&mut self) -> Result<()> {
@@ -367,17 +371,28 @@ fn is_link_local(ip: &IpAddr) -> bool {
 /// Ensures the nat chain, its one rule and the jump from POSTROUTING (`iptables -C`, then `-N`/`-A`).
 fn ensure_rules(ipt: &Iptables) -> Result<()> {
     let rule_err = |e: &dyn std::fmt::Display| DataplaneError::new("iptables", e);
-    if ipt.ensure_chain("nat", POSTROUTING_CHAIN).map_err(|e| rule_err(&e))? {
+    if ipt
+        .ensure_chain("nat", POSTROUTING_CHAIN)
+        .map_err(|e| rule_err(&e))?
+    {
         log::info!("created nat chain {POSTROUTING_CHAIN}");
     }
     if ipt
         .ensure_rule("nat", POSTROUTING_CHAIN, MASQUERADE_RULE, Position::Append)
         .map_err(|e| rule_err(&e))?
     {
-        log::info!("added -t nat -A {POSTROUTING_CHAIN} {}", MASQUERADE_RULE.join(" "));
+        log::info!(
+            "added -t nat -A {POSTROUTING_CHAIN} {}",
+            MASQUERADE_RULE.join(" ")
+        );
     }
     if ipt
-        .ensure_rule("nat", "POSTROUTING", &["-j", POSTROUTING_CHAIN], Position::Append)
+        .ensure_rule(
+            "nat",
+            "POSTROUTING",
+            &["-j", POSTROUTING_CHAIN],
+            Position::Append,
+        )
         .map_err(|e| rule_err(&e))?
     {
         log::info!("added -t nat -A POSTROUTING -j {POSTROUTING_CHAIN}");

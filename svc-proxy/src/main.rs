@@ -181,7 +181,8 @@ fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
 
-    // Signals are taken by one thread with sigwait; every other thread inherits the mask.
+    // Signals are taken by one thread with sigwait; every thread started
+    // later inherits the mask (the kernel handle's runtime is single-threaded).
     let signals = {
         use nix::sys::signal::{SigSet, Signal};
         let mut set = SigSet::empty();

@@ -93,6 +93,10 @@ real_servers() {
 	N ipvsadm -Ln -t "$vip:8080" 2>/dev/null | awk '$1 == "->" && $2 ~ /^[0-9]/ { print $2, $4 }' | sort
 }
 
+# Only the real servers that get new connections (weight above 0; a removed TCP endpoint drains
+# at weight 0 until its connections are gone).
+active_servers() { real_servers | awk '$2 > 0'; }
+
 # wait_until SECS CMD...: polls CMD every 0.2 s until it succeeds; fails after SECS (a bound on a
 # stall, not the assertion).
 wait_until() {
@@ -230,27 +234,32 @@ wait "$client_pid"
 expect "long connection never broke" 0 "$?"
 client_pid=
 [ -s "$work/conn/err" ] && cat "$work/conn/err"
-expect "real servers after the restart" "$(printf '10.0.0.11:8080 1\n%s:8080 1' "$sam_ip")" "$(real_servers)"
+expect "active real servers after the restart" "$(printf '10.0.0.11:8080 1\n%s:8080 1' "$sam_ip")" "$(active_servers)"
 
 section "6. drift repair and a broken manifest edit"
 run N ipvsadm -D -t "$vip:8080"
 t0=$(now)
-service_back() { [ "$(real_servers | wc -l)" = 2 ]; }
+service_back() { [ "$(active_servers | wc -l)" = 2 ]; }
 check "virtual service deleted by hand comes back" wait_until 60 service_back
 echo "restored after $(since "$t0") s"
 expect "node -> VIP after the repair" yes "$(a=$(http_get "$node" "$vip:8080") && case $a in dustin | sam) echo yes ;; *) echo "$a" ;; esac)"
 lines=$(wc -l <"$work/svc-proxy.log")
 cp "$work/services/app-service.yaml" "$work/app-service.good"
-sed 's/port: 8080/port: 70000/' "$work/app-service.good" >"$work/services/app-service.yaml"
+# Replaced by rename, as a config management tool writes: the proxy never sees a half-written file.
+sed 's/port: 8080/port: 70000/' "$work/app-service.good" >"$work/services/.app-service.yaml.new"
+mv "$work/services/.app-service.yaml.new" "$work/services/app-service.yaml"
 reported() { tail -n +"$((lines + 1))" "$work/svc-proxy.log" | grep -q "error: .*app-service.yaml"; }
 check "broken edit reported in the log" wait_until 30 reported
 tail -n +"$((lines + 1))" "$work/svc-proxy.log" | grep "error:" | head -n 3
 errors=$(N curl -s --max-time 5 http://127.0.0.1:10249/metrics | awk '$1 == "svcproxy_errors_total{kind=\"manifest\"}" { print $2 }')
 expect "broken edit counted in /metrics" yes "$(awk -v e="${errors:-0}" 'BEGIN { print (e >= 1 ? "yes" : "no (" e ")") }')"
 sleep 3 # two resync periods: the broken file had every chance to be applied
-expect "real servers unchanged by the broken edit" "$(printf '10.0.0.11:8080 1\n%s:8080 1' "$sam_ip")" "$(real_servers)"
+expect "active real servers unchanged by the broken edit" "$(printf '10.0.0.11:8080 1\n%s:8080 1' "$sam_ip")" "$(active_servers)"
 expect "the Service still answers" "dustin=1 sam=1" "$(requests "$node" 2 | tally)"
-cp "$work/app-service.good" "$work/services/app-service.yaml"
+echo "svc-proxy's log since the broken edit (count, line):"
+tail -n +"$((lines + 1))" "$work/svc-proxy.log" | sort | uniq -c | sed 's/^/    /'
+cp "$work/app-service.good" "$work/services/.app-service.yaml.new"
+mv "$work/services/.app-service.yaml.new" "$work/services/app-service.yaml"
 
 section "7. svc-proxy cleanup"
 kill -TERM "$proxy_pid"

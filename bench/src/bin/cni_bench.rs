@@ -160,6 +160,21 @@ fn rss_probe(plugin: &str, node_netns: &str) -> Result<()> {
     Ok(())
 }
 
+/// What deleting a veth pair costs by itself (any DEL pays it): `ip link add`/`ip link del` in
+/// a scratch namespace, timing only the deletions.
+fn veth_delete_floor(n: usize) -> Duration {
+    let ns = node_tests::netns::Netns::new("bench-floor");
+    let times: Vec<Duration> = (0..n)
+        .map(|_| {
+            ns.ip(&["link", "add", "fl0", "type", "veth", "peer", "name", "fl1"]);
+            let start = Instant::now();
+            ns.ip(&["link", "del", "fl0"]);
+            start.elapsed()
+        })
+        .collect();
+    median(&times)
+}
+
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -230,6 +245,7 @@ fn main() -> Result<()> {
         }
     }
     let rss = (ours.peak_rss_kib()?, reference.peak_rss_kib()?);
+    let floor = veth_delete_floor(20);
 
     let (oa, ra) = (median(&ours.add), median(&reference.add));
     let (od, rd) = (median(&ours.del), median(&reference.del));
@@ -269,6 +285,12 @@ fn main() -> Result<()> {
         "| peak RSS of one ADD | {:.1} MiB | {:.1} MiB | | |",
         rss.0 as f64 / 1024.0,
         rss.1 as f64 / 1024.0
+    );
+    println!();
+    println!(
+        "floor: `ip link del` of one veth pair (kernel unregistering it + one exec of ip), \
+         median of 20: {:.2} ms",
+        ms(floor)
     );
     Ok(())
 }

@@ -28,7 +28,9 @@ const ENDPOINTS: usize = 5;
 const SET: &str = "SVCPROXY-LOOP-BACK";
 
 #[derive(Parser)]
-#[command(about = "svc-proxy vs ipvsadm --restore and ipset exec per entry; one-change latency; RSS")]
+#[command(
+    about = "svc-proxy vs ipvsadm --restore and ipset exec per entry; one-change latency; RSS"
+)]
 struct Args {
     /// Service counts for the from-empty programming comparison.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
@@ -70,9 +72,16 @@ fn key(i: usize) -> ServiceKey {
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {
-        bail!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -92,7 +101,11 @@ fn manifest(i: usize, first: Option<Ipv4Addr>) -> String {
         vip(i)
     );
     for j in 0..ENDPOINTS {
-        let ip = if j == 0 { first.unwrap_or(pod(i, 0)) } else { pod(i, j) };
+        let ip = if j == 0 {
+            first.unwrap_or(pod(i, 0))
+        } else {
+            pod(i, j)
+        };
         let _ = writeln!(s, "  - addresses: [{ip}]");
     }
     s
@@ -132,7 +145,10 @@ fn ipvs_ops(n: usize) -> Vec<ipvs::Op> {
     for i in 0..n {
         ops.push(ipvs::Op::AddService(ipvs::Service::new(key(i), "rr")));
         for j in 0..ENDPOINTS {
-            ops.push(ipvs::Op::AddDest(key(i), Destination::new(IpAddr::V4(pod(i, j)), 8080, 1)));
+            ops.push(ipvs::Op::AddDest(
+                key(i),
+                Destination::new(IpAddr::V4(pod(i, j)), 8080, 1),
+            ));
         }
     }
     ops
@@ -159,7 +175,10 @@ fn verify_table(ipvs: &Ipvs, n: usize) -> Result<()> {
     for i in [0, n / 2, n - 1] {
         let d = ipvs.destinations(&key(i))?;
         if d.len() != ENDPOINTS {
-            bail!("service {i}: expected {ENDPOINTS} real servers, found {}", d.len());
+            bail!(
+                "service {i}: expected {ENDPOINTS} real servers, found {}",
+                d.len()
+            );
         }
     }
     Ok(())
@@ -208,8 +227,15 @@ fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
     reset(args)?;
     let text = restore_text(n);
     let t = Instant::now();
-    let mut child = Command::new("ipvsadm").arg("--restore").stdin(Stdio::piped()).spawn()?;
-    child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+    let mut child = Command::new("ipvsadm")
+        .arg("--restore")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
     if !child.wait()?.success() {
         bail!("ipvsadm --restore failed");
     }
@@ -229,12 +255,21 @@ fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
     reset(args)?;
     let t = Instant::now();
     let out = Command::new(&args.svc_proxy)
-        .args(["--once", "--log-level", "warn", "--attachments", "/nonexistent"])
+        .args([
+            "--once",
+            "--log-level",
+            "warn",
+            "--attachments",
+            "/nonexistent",
+        ])
         .arg(&dir)
         .output()?;
     let svc_proxy = t.elapsed();
     if !out.status.success() {
-        bail!("svc-proxy --once failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "svc-proxy --once failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     verify_table(ipvs, n).context("after svc-proxy --once")?;
 
@@ -258,7 +293,15 @@ fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
     let per_entry = t.elapsed() / measured as u32;
     let set_exec = per_entry * all.len() as u32;
     set.destroy(SET)?;
-    Ok(Programming { n, restore, pipelined, svc_proxy, set_batch, set_exec, set_exec_measured: measured })
+    Ok(Programming {
+        n,
+        restore,
+        pipelined,
+        svc_proxy,
+        set_batch,
+        set_exec,
+        set_exec_measured: measured,
+    })
 }
 
 struct Latency {
@@ -274,7 +317,10 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -288,7 +334,14 @@ fn latency(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Latency> {
     let t = Instant::now();
     let daemon = Daemon(
         Command::new(&args.svc_proxy)
-            .args(["--resync-period", "1h", "--metrics-address", "off", "--log-level", "warn"])
+            .args([
+                "--resync-period",
+                "1h",
+                "--metrics-address",
+                "off",
+                "--log-level",
+                "warn",
+            ])
             .args(["--attachments", "/nonexistent"])
             .arg(&dir)
             .stderr(log)
@@ -310,7 +363,9 @@ fn latency(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Latency> {
         replace_manifest(&dir, i, fresh_pod(n + trial))?;
         loop {
             let d = ipvs.destinations(&key(i))?;
-            if d.iter().any(|d| SocketAddr::new(d.addr, d.port) == new && d.weight == 1) {
+            if d.iter()
+                .any(|d| SocketAddr::new(d.addr, d.port) == new && d.weight == 1)
+            {
                 break;
             }
             if t.elapsed() > Duration::from_secs(120) {
@@ -323,7 +378,13 @@ fn latency(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Latency> {
     let rss_kib = rss_kib(daemon.0.id())?;
     drop(daemon);
     let max = *samples.iter().max().context("no trials")?;
-    Ok(Latency { n, converged, median: median(samples), max, rss_kib })
+    Ok(Latency {
+        n,
+        converged,
+        median: median(samples),
+        max,
+        rss_kib,
+    })
 }
 
 fn main() -> Result<()> {
@@ -367,7 +428,11 @@ fn main() -> Result<()> {
     for r in &rows {
         let entries = r.n * ENDPOINTS;
         let exec = if r.set_exec_measured < entries {
-            format!("{} (extrapolated from {} processes)", secs(r.set_exec), r.set_exec_measured)
+            format!(
+                "{} (extrapolated from {} processes)",
+                secs(r.set_exec),
+                r.set_exec_measured
+            )
         } else {
             secs(r.set_exec)
         };
@@ -377,7 +442,10 @@ fn main() -> Result<()> {
             r.set_exec.as_secs_f64() / r.set_batch.as_secs_f64()
         );
     }
-    println!("\n## One endpoint change: manifest rename -> real server in the kernel ({} trials)\n", args.trials);
+    println!(
+        "\n## One endpoint change: manifest rename -> real server in the kernel ({} trials)\n",
+        args.trials
+    );
     println!("| services | daemon start -> converged | median | max | RSS |");
     println!("|---|---|---|---|---|");
     for l in &lat {

@@ -1,9 +1,10 @@
 //! ADD: bridge, veth pair, addresses, routes, gateway, hairpin/promisc, masquerade.
 //!
 //! Order: validate against the kernel without changing it (interface free in the pod, bridge
-//! name not taken by another kind) → record (`adding`, naming the veth to be created) → IPAM →
-//! record with the addresses → kernel objects → masquerade → record `ready`. Any failure after
-//! the first record write rolls back everything the record names.
+//! name not taken by another kind) → IPAM → record (`adding`, naming the addresses and the veth
+//! to be created) → kernel objects → masquerade → record `ready`. Any failure after IPAM rolls
+//! back everything the record names. (An ADD killed between IPAM and the record leaves only a
+//! reservation file, which DEL and GC find by its owner.)
 
 use std::net::IpAddr;
 
@@ -112,7 +113,6 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
         masq_set: conf.ip_masq.then(|| names::masq_set(&conf.name, false)),
         ipam: conf.ipam.type_name().to_string(),
     };
-    record.save(&conf.state_dir)?;
 
     let plan = Plan {
         env,

@@ -6,6 +6,7 @@
 //! `pod-status` prints the runtime's `PodSandboxStatusResponse`, `stop-pod`/`remove-pod` print `{}`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -135,13 +136,19 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// How long one call may take: a runtime stuck in a CNI plugin fails the call instead of hanging
+/// its caller (kubelet's default runtime request timeout is 2 minutes too).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Opens a gRPC channel over the runtime's Unix socket (the URI is a placeholder tonic requires).
 async fn connect(socket: PathBuf) -> Result<Channel> {
+    let what = format!("connecting to the CRI socket {}", socket.display());
     Endpoint::try_from("http://[::]:0")?
+        .timeout(CALL_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await
-        .with_context(|| "connecting to the CRI socket".to_string())
+        .context(what)
 }
