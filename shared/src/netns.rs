@@ -145,12 +145,17 @@ mod tests {
             .args(["netns", "add", &name])
             .status()
             .expect("run ip netns add (root required)");
-        assert!(status.success(), "ip netns add {name} failed: root required");
+        assert!(
+            status.success(),
+            "ip netns add {name} failed: root required"
+        );
         let path = PathBuf::from(format!("/run/netns/{name}"));
         let ns = NetNs::from_path(&path).unwrap();
         let inside = ns.run(|| ino("/proc/thread-self/ns/net").unwrap()).unwrap();
         let after = ino("/proc/thread-self/ns/net").unwrap();
-        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
         assert_ne!(inside, before);
         assert_eq!(after, before);
     }

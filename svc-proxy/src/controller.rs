@@ -531,6 +531,12 @@ mod tests {
         c.dp.take();
         let good = c.desired().clone();
 
+        // An editor's truncate before its write: an empty file does not remove the Service.
+        s.write("manifests/app.yaml", "");
+        changed(&mut c, &[&f], t0);
+        assert_eq!(c.dp.take(), vec![]);
+        assert_eq!(c.desired(), &good);
+
         s.write(
             "manifests/app.yaml",
             &SCENARIO.replace("port: 8080\n", "port: 80800\n"),

@@ -13,7 +13,7 @@ use svc_proxy::manifest::SCHEDULERS;
 use svc_proxy::metrics::Metrics;
 
 /// How long a burst of file events must settle before it is applied.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
 #[command(

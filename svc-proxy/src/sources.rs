@@ -61,7 +61,11 @@ impl Sources {
             } else if self.manifests.contains(p) && p.is_dir() {
                 changed |= self.rescan_manifests();
             } else if self.is_manifest_path(p) {
-                changed |= self.reload_manifest(p, None);
+                // A burst of events for one write shows the same file again: read it once.
+                let now = stamp(p);
+                if now.is_none() || self.files.get(p).is_none_or(|f| Some(f.stamp) != now) {
+                    changed |= self.reload_manifest(p, now);
+                }
             }
         }
         changed
@@ -121,6 +125,20 @@ impl Sources {
             return gone.is_some_and(|f| !f.objects.is_empty());
         };
         match manifest::load_file(path) {
+            // Seen between an editor's truncate and its write; deleting the file removes objects.
+            Ok(objects)
+                if objects.is_empty()
+                    && self.files.get(path).is_some_and(|f| !f.objects.is_empty()) =>
+            {
+                log::warn!(
+                    "{}: no objects (a write in progress?); keeping its last good state",
+                    path.display()
+                );
+                self.files
+                    .entry(path.to_path_buf())
+                    .and_modify(|f| f.stamp = stamp);
+                false
+            }
             Ok(objects) => {
                 let old = self
                     .files

@@ -40,7 +40,7 @@ struct Args {
     latency_sizes: Vec<usize>,
     /// Most `ipset add` processes run per size; beyond it the per-entry cost is extrapolated
     /// (and the table says so).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 1000)]
     exec_sample: usize,
     /// Endpoint changes timed per latency size.
     #[arg(long, default_value_t = 10)]
