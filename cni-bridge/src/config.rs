@@ -189,8 +189,13 @@ impl NetConf {
                 "config is not a JSON object",
             ));
         }
-        let raw: RawConf = serde_json::from_value(raw_value.clone())
-            .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("config: {e}")))?;
+        // The path names the offending key (e.g. `ipam.ranges[0][0].subnet`), not just the type.
+        let raw: RawConf = serde_path_to_error::deserialize(raw_value.clone()).map_err(|e| {
+            CniError::new(
+                code::DECODE_FAILURE,
+                format!("config key \"{}\": {}", e.path(), e.inner()),
+            )
+        })?;
         let version = Version::parse(raw.cni_version.as_deref().unwrap_or(""))?;
 
         let name = raw.name.unwrap_or_default();

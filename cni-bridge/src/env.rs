@@ -143,10 +143,9 @@ impl Env {
         if command == Command::Version {
             return Ok(env);
         }
-        let path = get("CNI_PATH")
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| missing("CNI_PATH"))?;
-        env.path = path
+        // Optional per the spec: only a delegated IPAM plugin needs it (checked where it is used).
+        env.path = get("CNI_PATH")
+            .unwrap_or_default()
             .split(':')
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
@@ -249,12 +248,19 @@ mod tests {
             &[("CNI_IFNAME", "et/h0")],
             &[("CNI_NETNS", "<unset>")],
             &[("CNI_NETNS", "relative/ns")],
-            &[("CNI_PATH", "<unset>")],
             &[("CNI_ARGS", "novalue")],
         ];
         for case in cases {
             let err = env(&with(case)).unwrap_err();
             assert_eq!(err.code, code::INVALID_ENV, "{case:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cni_path_is_optional() {
+        for cmd in ["ADD", "DEL", "CHECK"] {
+            let e = env(&with(&[("CNI_COMMAND", cmd), ("CNI_PATH", "<unset>")])).unwrap();
+            assert!(e.path.is_empty());
         }
     }
 

@@ -126,6 +126,27 @@ impl Attachment {
         }
     }
 
+    /// Removes temporary files that a writer killed between write and rename left behind
+    /// (their names end in the writer's PID); a live writer's file is left alone.
+    pub fn sweep_temp_files(state_dir: &Path, network: &str) {
+        let Ok(rd) = std::fs::read_dir(network_dir(state_dir, network)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Some((_, pid)) = name.rsplit_once(".tmp.") else {
+                continue;
+            };
+            let dead = pid.parse::<u32>().is_ok_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if name.starts_with('.') && dead {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Every record of a network.
     pub fn list(state_dir: &Path, network: &str) -> Result<Vec<Attachment>> {
         let dir = network_dir(state_dir, network);
@@ -196,6 +217,22 @@ mod tests {
         assert!(v.get("podName").is_none());
         assert_eq!(v["phase"], "adding");
         assert_eq!(v["labels"]["component"], "app");
+    }
+
+    #[test]
+    fn sweep_removes_only_dead_writers_temp_files() {
+        let dir = std::env::temp_dir().join(format!("cnib-sweep-{}", std::process::id()));
+        let net = network_dir(&dir, "podnet");
+        std::fs::create_dir_all(&net).unwrap();
+        // PID 0 is never a process; our own PID is a live writer.
+        let dead = net.join(".c1.eth0.tmp.0");
+        let live = net.join(format!(".c2.eth0.tmp.{}", std::process::id()));
+        std::fs::write(&dead, b"{").unwrap();
+        std::fs::write(&live, b"{").unwrap();
+        Attachment::sweep_temp_files(&dir, "podnet");
+        assert!(!dead.exists());
+        assert!(live.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

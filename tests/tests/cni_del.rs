@@ -347,3 +347,35 @@ fn add_killed_midway_is_cleaned_by_gc() {
         );
     }
 }
+
+/// The built-in allocator and host-local share the lock file: ADDs racing through both on one
+/// network still never hand out an IP twice.
+#[test]
+fn builtin_and_host_local_racing_on_one_network_never_share_an_ip() {
+    const N: usize = 20;
+    let builtin = Flavor::cni_bridge();
+    let delegated = Flavor::cni_bridge_delegating();
+    let node = Node::new("mix-node");
+    let configs = [config(&builtin, &node), config(&delegated, &node)];
+    let pods: Vec<Pod> = (0..N).map(|_| node.pod("mix")).collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let (f, config) = if i % 2 == 0 {
+                    (&builtin, &configs[0])
+                } else {
+                    (&delegated, &configs[1])
+                };
+                let node = &node;
+                s.spawn(move || add(f, node, config, pod).1.ip_addr().to_string())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let unique: BTreeSet<String> = ips.iter().cloned().collect();
+    assert_eq!(unique.len(), N, "IP handed out twice: {ips:?}");
+    let reserved: BTreeSet<String> = node.reservations(NET).into_keys().collect();
+    assert_eq!(reserved, unique);
+}

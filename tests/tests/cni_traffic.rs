@@ -179,3 +179,65 @@ fn each_network_has_its_own_set() {
     want.sort();
     assert_eq!(all, want);
 }
+
+/// Dual stack with the built-in allocator: one address per range set, both gateways on the
+/// bridge, IPv6 pod↔pod traffic, one masquerade set per family, DEL releasing both.
+#[test]
+fn dual_stack_pods_get_both_families() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("ds-node");
+    let mut config = masq_config(&f, &node);
+    config["ipam"] = json!({
+        "type": f.ipam_type,
+        "dataDir": node.data_dir(),
+        "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00:10::/64"}]],
+    });
+    let a = node.pod("ds-a");
+    let b = node.pod("ds-b");
+    let ra = node.add(&f.plugin, &config, &a).success();
+    node.add(&f.plugin, &config, &b).success();
+
+    let ips: Vec<&str> = ra["ips"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ips: {ra}"))
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .collect();
+    assert_eq!(ips, ["10.0.0.2/24", "fd00:10::2/64"], "{ra}");
+    let bridge = observe::addresses_of(&node.ns, "cnib0");
+    assert!(bridge.contains(&"10.0.0.1/24".to_string()), "{bridge:?}");
+    assert!(bridge.contains(&"fd00:10::1/64".to_string()), "{bridge:?}");
+    assert_eq!(
+        observe::addresses_of(&a.ns, "eth0"),
+        ["10.0.0.2/24", "fd00:10::2/64"]
+    );
+    let v6_default = observe::routes6(&a.ns)
+        .into_iter()
+        .any(|r| r.dst == "default" && r.gateway.as_deref() == Some("fd00:10::1"));
+    assert!(v6_default, "IPv6 default route via the gateway");
+
+    let srv = WhoServer::start(&a.ns, sock("fd00:10::2".parse().unwrap(), 8080));
+    let seen = who_am_i(&b.ns, srv.addr()).expect("pod b -> pod a over IPv6");
+    assert_eq!(seen, "fd00:10::3".parse::<IpAddr>().unwrap());
+
+    let sets = observe::ipset_names(&node.ns);
+    let v6: Vec<&String> = sets.iter().filter(|s| s.starts_with("CNIB6-")).collect();
+    assert_eq!(v6.len(), 1, "{sets:?}");
+    let members = observe::ipset_members(&node.ns, v6[0]);
+    assert_eq!(
+        members,
+        ["fd00:10::2", "fd00:10::3"].map(String::from).into()
+    );
+
+    node.del(&f.plugin, &config, &a).success_empty();
+    let left: Vec<String> = node.reservations(NET).into_keys().collect();
+    assert_eq!(
+        left,
+        ["10.0.0.3", "fd00:10::3"],
+        "DEL releases both families"
+    );
+    assert_eq!(
+        observe::ipset_members(&node.ns, v6[0]),
+        ["fd00:10::3".to_string()].into()
+    );
+}

@@ -293,6 +293,14 @@ fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
     let per_entry = t.elapsed() / measured as u32;
     let set_exec = per_entry * all.len() as u32;
     set.destroy(SET)?;
+    eprintln!(
+        "   ipvsadm --restore {}, svc-proxy --once {}, pipelined IPVS {}, ipset batch {}, ipset exec {} ({measured} measured)",
+        secs(restore),
+        secs(svc_proxy),
+        secs(pipelined),
+        secs(set_batch),
+        secs(set_exec)
+    );
     Ok(Programming {
         n,
         restore,
@@ -355,6 +363,7 @@ fn latency(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Latency> {
         }
     }
     let converged = t.elapsed();
+    eprintln!("   daemon converged on {n} services in {}", secs(converged));
     let mut samples = Vec::new();
     for trial in 0..args.trials {
         let i = (trial * 7919) % n;
@@ -376,6 +385,10 @@ fn latency(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Latency> {
         samples.push(t.elapsed());
     }
     let rss_kib = rss_kib(daemon.0.id())?;
+    eprintln!(
+        "   converged {}, one-change latencies {samples:?}, RSS {rss_kib} KiB",
+        secs(converged)
+    );
     drop(daemon);
     let max = *samples.iter().max().context("no trials")?;
     Ok(Latency {

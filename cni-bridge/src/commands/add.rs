@@ -227,6 +227,35 @@ fn result_routes(conf: &NetConf, res: &IpamResult) -> Result<Vec<RouteConf>> {
     Ok(routes)
 }
 
+/// The gateway addresses to put on the bridge, with the prefix of their pod address.
+fn gateway_addresses(ips: &[IpConfig]) -> Vec<IpNetwork> {
+    ips.iter()
+        .filter_map(|i| IpNetwork::new(i.gateway?, i.address.prefix()).ok())
+        .collect()
+}
+
+/// Bridge addresses that conflict with gateway `gw`, as the reference plugin decides: any
+/// other IPv4 address; an IPv6 address only when the two share a subnet.
+fn conflicting<'a>(
+    existing: &'a [IpNetwork],
+    mine: &'a [IpNetwork],
+    gw: &'a IpNetwork,
+) -> impl Iterator<Item = &'a IpNetwork> + 'a {
+    existing.iter().filter(move |a| {
+        !mine.contains(a) && (!gw.is_ipv6() || a.contains(gw.ip()) || gw.contains(a.ip()))
+    })
+}
+
+fn address_conflict(br: &Link, gw: &IpNetwork, a: &IpNetwork) -> CniError {
+    CniError::new(
+        code::BRIDGE_ADDRESS_CONFLICT,
+        format!(
+            "{:?} already has an IP address different from {gw} ({a}); set forceAddress to replace it",
+            br.name
+        ),
+    )
+}
+
 struct Plan<'a> {
     env: &'a Env,
     conf: &'a NetConf,
@@ -264,6 +293,9 @@ impl Plan<'_> {
         record.save(&conf.state_dir)?;
 
         let routes = result_routes(conf, &ipam_res)?;
+        if let (Some(b), true, false) = (&bridge, conf.is_gateway, conf.force_address) {
+            self.check_bridge_addresses(b, &ipam_res.ips).await?;
+        }
         let br = self.bridge(bridge).await?;
         let [host_mac, random_pod_mac] = names::random_macs::<2>()
             .map_err(|e| CniError::new(code::KERNEL, format!("reading /dev/urandom: {e}")))?;
@@ -455,12 +487,9 @@ impl Plan<'_> {
     /// Puts each family's gateway on the bridge (as the reference plugin's `ensureAddr`) and
     /// turns on forwarding.
     async fn gateways(&self, br: &Link, ips: &[IpConfig]) -> Result<()> {
-        let gws: Vec<IpNetwork> = ips
-            .iter()
-            .filter_map(|i| IpNetwork::new(i.gateway?, i.address.prefix()).ok())
-            .collect();
+        let gws = gateway_addresses(ips);
         for v6 in [false, true] {
-            let mine: Vec<&IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).collect();
+            let mine: Vec<IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).copied().collect();
             if mine.is_empty() {
                 continue;
             }
@@ -469,27 +498,13 @@ impl Plan<'_> {
                 if existing.contains(gw) {
                     continue;
                 }
-                for a in &existing {
-                    if mine.contains(&a) {
-                        continue;
+                for a in conflicting(&existing, &mine, gw) {
+                    if !self.conf.force_address {
+                        return Err(address_conflict(br, gw, a));
                     }
-                    let conflicts = !v6 || a.contains(gw.ip()) || gw.contains(a.ip());
-                    if !conflicts {
-                        continue;
-                    }
-                    if self.conf.force_address {
-                        self.host.del_address(br.index, *a).await?;
-                    } else {
-                        return Err(CniError::new(
-                            code::BRIDGE_ADDRESS_CONFLICT,
-                            format!(
-                                "{:?} already has an IP address different from {gw} ({a}); set forceAddress to replace it",
-                                br.name
-                            ),
-                        ));
-                    }
+                    self.host.del_address(br.index, *a).await?;
                 }
-                self.host.add_address(br.index, **gw).await?;
+                self.host.add_address(br.index, *gw).await?;
             }
             let key = if v6 {
                 "net.ipv6.conf.all.forwarding"
@@ -497,6 +512,26 @@ impl Plan<'_> {
                 "net.ipv4.ip_forward"
             };
             sysctl::ensure(key, "1").map_err(|e| CniError::new(code::KERNEL, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Refuses, before anything on the node is touched, a gateway that an existing bridge's
+    /// addresses conflict with (without `forceAddress`), so a refused ADD leaves the bridge as
+    /// it was.
+    async fn check_bridge_addresses(&self, br: &Link, ips: &[IpConfig]) -> Result<()> {
+        let gws = gateway_addresses(ips);
+        for v6 in [false, true] {
+            let mine: Vec<IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).copied().collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let existing = self.host.addresses_of_family(br.index, v6).await?;
+            for gw in mine.iter().filter(|gw| !existing.contains(gw)) {
+                if let Some(a) = conflicting(&existing, &mine, gw).next() {
+                    return Err(address_conflict(br, gw, a));
+                }
+            }
         }
         Ok(())
     }

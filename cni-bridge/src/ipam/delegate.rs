@@ -31,6 +31,15 @@ struct Call<'a> {
 
 impl Delegated<'_> {
     fn binary(&self) -> Result<PathBuf> {
+        if self.env.path.is_empty() {
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!(
+                    "CNI_PATH is missing or empty; it is needed to find IPAM plugin {:?}",
+                    self.plugin
+                ),
+            ));
+        }
         self.env
             .path
             .iter()
