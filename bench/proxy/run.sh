@@ -6,6 +6,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 target=${CARGO_TARGET_DIR:-$repo/target}
-cargo build --release -p svc-proxy -p node-bench --bin proxy_bench >&2
+cargo build --release -p svc-proxy >&2
+cargo build --release -p node-bench --bin proxy_bench >&2
 export BENCH_BIN=$target/release BENCH_ARGS="$*"
 VM_ENV="BENCH_BIN BENCH_ARGS" VM_MEM=${VM_MEM:-2048} exec tests/vm/run.sh --timeout "${BENCH_TIMEOUT:-7200}" bench/proxy/in-vm.sh
