@@ -31,6 +31,14 @@ tier fmt cargo fmt --all -- --check
 tier clippy cargo clippy --workspace --all-targets -- -D warnings
 tier build cargo build --workspace --all-targets
 tier cargo-tests cargo test --workspace --no-fail-fast
+# The VM runs prebuilt test binaries (cargo in the guest would rebuild over 9p).
+IPVS_TEST_BIN=$(cargo test -p nodenet --test ipvs_kernel --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["executable"])' | tail -n 1)
+export IPVS_TEST_BIN VM_ENV="IPVS_TEST_BIN"
 tier vm tests/vm/run.sh tests/vm/all.sh
 
 echo

@@ -115,6 +115,7 @@ wait_until() {
 requests() {
 	local urls=() i=0 a
 	for ((i = 0; i < $2; i++)); do urls+=("http://$vip:8080/"); done
+	i=0
 	in_ns "$1" curl -sS --connect-timeout 5 --max-time 10 -H 'Connection: close' -w '%{http_code}\n' "${urls[@]}" 2>/dev/null |
 		awk '/^[0-9][0-9][0-9]$/ { print ($1 == 200 && body != "" ? body : "-"); body = ""; next } { body = $0 }' |
 		while read -r a; do
@@ -259,8 +260,8 @@ lines=$(wc -l <"$work/svc-proxy.log")
 run N ipvsadm -D -t "$vip:8080"
 t0=$(now)
 service_back() { [ "$(active_servers | wc -l)" = 2 ]; }
-# 15 resync periods: generous for emulation, and a proxy that does not resync shows.
-check "virtual service deleted by hand comes back within 30 s" wait_until 30 service_back
+# 30 resync periods: generous for emulation on a busy machine; a proxy that never resyncs shows.
+check "virtual service deleted by hand comes back within 60 s" wait_until 60 service_back
 echo "restored after $(since "$t0") s; svc-proxy's log meanwhile:"
 tail -n +"$((lines + 1))" "$work/svc-proxy.log" | sed 's/^/    /'
 expect "node -> VIP after the repair" yes "$(a=$(http_get "$node" "$vip:8080") && case $a in dustin | sam) echo yes ;; *) echo "$a" ;; esac)"
