@@ -116,8 +116,9 @@ impl Attachment {
         serde_json::from_slice(&data).ok()
     }
 
-    /// Removes the record; absent is fine.
+    /// Removes the record, and temporary files a killed writer of it left; absent is fine.
     pub fn remove(state_dir: &Path, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+        Self::sweep_temp_files(state_dir, network, Some((container_id, ifname)));
         let p = path(state_dir, network, container_id, ifname);
         match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -128,7 +129,12 @@ impl Attachment {
 
     /// Removes temporary files that a writer killed between write and rename left behind
     /// (their names end in the writer's PID); a live writer's file is left alone.
-    pub fn sweep_temp_files(state_dir: &Path, network: &str) {
+    /// `only` limits the sweep to one attachment's files.
+    pub fn sweep_temp_files(state_dir: &Path, network: &str, only: Option<(&str, &str)>) {
+        let prefix = match only {
+            Some((container_id, ifname)) => format!(".{container_id}.{ifname}.tmp."),
+            None => ".".to_string(),
+        };
         let Ok(rd) = std::fs::read_dir(network_dir(state_dir, network)) else {
             return;
         };
@@ -141,7 +147,7 @@ impl Attachment {
             let dead = pid.parse::<u32>().is_ok_and(|pid| {
                 pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
             });
-            if name.starts_with('.') && dead {
+            if name.starts_with(&prefix) && dead {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -229,8 +235,13 @@ mod tests {
         let live = net.join(format!(".c2.eth0.tmp.{}", std::process::id()));
         std::fs::write(&dead, b"{").unwrap();
         std::fs::write(&live, b"{").unwrap();
-        Attachment::sweep_temp_files(&dir, "podnet");
+        let other = net.join(".c3.eth0.tmp.0");
+        std::fs::write(&other, b"{").unwrap();
+        Attachment::sweep_temp_files(&dir, "podnet", Some(("c1", "eth0")));
         assert!(!dead.exists());
+        assert!(other.exists());
+        Attachment::sweep_temp_files(&dir, "podnet", None);
+        assert!(!other.exists());
         assert!(live.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

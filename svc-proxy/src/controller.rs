@@ -829,35 +829,3 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
-mod scratch_timing {
-    use super::*;
-    use crate::dataplane::fake::Recording;
-    #[test]
-    fn time_one_change() {
-        for n in [100usize, 10000] {
-            let dir = std::env::temp_dir().join(format!("svcp-timing-{n}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(dir.join("m")).unwrap();
-            let m = |i: usize, ip: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{clusterIP: 10.96.{}.{}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [{ip}]\n- addresses: [10.1.{}.{}]\n", i / 250, i % 250 + 1, i / 250, i % 250 + 1);
-            for i in 0..n {
-                std::fs::write(dir.join(format!("m/s{i}.yaml")), m(i, "10.2.0.1")).unwrap();
-            }
-            let cfg = Config { manifests: vec![dir.join("m")], attachments: dir.join("none"), scheduler: "rr".into(), resync: Duration::from_secs(3600), graceful_timeout: Duration::from_secs(60) };
-            let mut c = Controller::new(cfg, Recording::default(), Arc::new(Metrics::default()), Instant::now());
-            let t = Instant::now();
-            c.resync(Instant::now());
-            eprintln!("n={n} resync {:?}", t.elapsed());
-            let p = dir.join("m/s7.yaml");
-            std::fs::write(&p, m(7, "10.3.0.1")).unwrap();
-            let t = Instant::now();
-            c.sources.paths_changed(&BTreeSet::from([p.clone()]));
-            let t1 = t.elapsed();
-            c.rebuild();
-            let t2 = t.elapsed();
-            c.sync(Instant::now(), false);
-            eprintln!("n={n} reload {t1:?} rebuild {:?} sync {:?}", t2 - t1, t.elapsed() - t2);
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-}

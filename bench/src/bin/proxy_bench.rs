@@ -45,6 +45,10 @@ struct Args {
     /// Endpoint changes timed per latency size.
     #[arg(long, default_value_t = 10)]
     trials: usize,
+    /// Seconds to wait after emptying the namespace, so the kernel's deferred teardown of a large
+    /// table does not run during the next measurement.
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
     /// The svc-proxy binary.
     #[arg(long, default_value = "target/release/svc-proxy")]
     svc_proxy: PathBuf,
@@ -91,6 +95,7 @@ fn reset(args: &Args) -> Result<()> {
     sh(args.svc_proxy.to_str().unwrap_or("svc-proxy"), &["cleanup"])?;
     sh("ipvsadm", &["-C"])?;
     let _ = sh("ipset", &["destroy", SET]);
+    std::thread::sleep(Duration::from_secs(args.settle));
     Ok(())
 }
 

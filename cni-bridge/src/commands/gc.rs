@@ -37,7 +37,7 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
             }
         };
 
-        Attachment::sweep_temp_files(&conf.state_dir, &conf.name);
+        Attachment::sweep_temp_files(&conf.state_dir, &conf.name, None);
         let records = Attachment::list(&conf.state_dir, &conf.name)?;
         let mut keep: Vec<IpAddr> = Vec::new();
         for rec in records {
