@@ -5,8 +5,8 @@
 use crate::dataplane::Dataplane;
 use crate::metrics::Metrics;
 use crate::model::{Desired, Observed, ServiceKey};
-use crate::plan::{self, Op, Scope};
-use crate::sources::Sources;
+use crate::plan::{self, Op, Scope, Subset};
+use crate::sources::{Change, Sources};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,8 +46,8 @@ pub struct Controller<D: Dataplane> {
     cfg: Config,
     pub(crate) dp: D,
     metrics: Arc<Metrics>,
+    /// The inputs and the desired state derived from them.
     sources: Sources,
-    desired: Desired,
     /// The kernel as last dumped, updated with every operation that succeeded; `None` forces a dump.
     observed: Option<Observed>,
     /// Services whose cached state is doubtful (an operation on them failed): re-dumped first.
@@ -78,7 +78,6 @@ impl<D: Dataplane> Controller<D> {
             cfg,
             dp,
             metrics,
-            desired: Desired::default(),
             observed: None,
             stale: BTreeSet::new(),
             drain_since: HashMap::new(),
@@ -89,7 +88,7 @@ impl<D: Dataplane> Controller<D> {
     }
 
     pub fn desired(&self) -> &Desired {
-        &self.desired
+        self.sources.desired()
     }
 
     /// Errors (manifest and kernel) since start.
@@ -100,18 +99,21 @@ impl<D: Dataplane> Controller<D> {
     /// Reads every input, dumps the kernel and converges: the first step, and every resync.
     pub fn resync(&mut self, now: Instant) {
         self.sources.rescan();
-        self.rebuild();
-        self.sync(now, true);
+        self.sources.derive_all(&self.cfg.scheduler);
+        self.derived();
+        self.sync(now, true, None);
         self.next_resync = now + self.cfg.resync;
     }
 
-    /// Handles changed paths: re-reads what they name and converges against the cached kernel state.
+    /// Handles changed paths: re-reads what they name, re-derives only the Services they touch
+    /// and converges those against the cached kernel state.
     pub fn paths_changed(&mut self, paths: &BTreeSet<PathBuf>, now: Instant) {
-        let changed = self.sources.paths_changed(paths);
+        let change = self.sources.paths_changed(paths);
         self.count_manifest_errors();
-        if changed {
-            self.rebuild();
-            self.sync(now, false);
+        if change != Change::None {
+            let subset = self.sources.derive(&change, &self.cfg.scheduler);
+            self.derived();
+            self.sync(now, false, subset.as_ref());
         }
     }
 
@@ -124,7 +126,7 @@ impl<D: Dataplane> Controller<D> {
         if !self.drain_since.is_empty() {
             self.stale.extend(self.drain_since.keys().map(|(k, _)| *k));
         }
-        self.sync(now, false);
+        self.sync(now, false, None);
     }
 
     /// When [`Controller::tick`] has work next.
@@ -155,12 +157,13 @@ impl<D: Dataplane> Controller<D> {
         self.manifest_errors = self.sources.errors;
     }
 
-    /// Recomputes the desired state from the last good inputs.
-    fn rebuild(&mut self) {
+    /// Publishes the counts of a newly derived desired state.
+    fn derived(&mut self) {
         self.count_manifest_errors();
-        self.desired = self.sources.rebuild(&self.cfg.scheduler);
-        self.metrics
-            .desired(self.desired.services.len(), self.desired.endpoint_count());
+        self.metrics.desired(
+            self.sources.desired().services.len(),
+            self.sources.endpoint_count(),
+        );
     }
 
     fn in_backoff(&self, scope: &Scope, now: Instant) -> bool {
@@ -168,8 +171,16 @@ impl<D: Dataplane> Controller<D> {
     }
 
     /// Converges the kernel: dumps it when `full` (or when no cached view exists), refreshes
-    /// stale services, plans, and applies what is not held back by backoff.
-    fn sync(&mut self, now: Instant, full: bool) {
+    /// stale services, plans (only `subset` when given), and applies what is not held back by
+    /// backoff.
+    fn sync(&mut self, now: Instant, full: bool, subset: Option<&Subset>) {
+        // A retry that is due is planned with everything else, so a change never swallows it.
+        let due = self.backoff.values().any(|b| b.until <= now)
+            || self
+                .stale
+                .iter()
+                .any(|k| !self.in_backoff(&Scope::Service(*k), now));
+        let subset = subset.filter(|_| !full && !due && self.observed.is_some());
         let started = Instant::now();
         if full || self.observed.is_none() {
             if let Err(e) = self.dp.ensure_base() {
@@ -177,7 +188,7 @@ impl<D: Dataplane> Controller<D> {
                 self.metrics.error("kernel");
                 self.errors += 1;
             }
-            match self.dp.observe(&self.desired.vips()) {
+            match self.dp.observe(&self.sources.desired().vips()) {
                 Ok(o) => {
                     self.observed = Some(o);
                     self.stale.clear();
@@ -219,7 +230,8 @@ impl<D: Dataplane> Controller<D> {
             }
         }
 
-        self.track_drains(now);
+        self.track_drains(now, subset);
+        let desired = self.sources.desired();
         let observed = self.observed.as_ref().expect("dumped above");
         let timeout = self.cfg.graceful_timeout;
         let since = &self.drain_since;
@@ -228,7 +240,11 @@ impl<D: Dataplane> Controller<D> {
                 .get(&(*k, *d))
                 .is_some_and(|t| now.saturating_duration_since(*t) >= timeout)
         };
-        let ops: Vec<Op> = plan::plan(&self.desired, observed, &expired)
+        let ops = match subset {
+            Some(s) => plan::plan_subset(desired, observed, s, &expired),
+            None => plan::plan(desired, observed, &expired),
+        };
+        let ops: Vec<Op> = ops
             .into_iter()
             .filter(|op| !self.in_backoff(&op.scope(), now))
             .collect();
@@ -242,7 +258,7 @@ impl<D: Dataplane> Controller<D> {
                 let scope = op.scope();
                 touched.insert(scope);
                 let origin = match scope {
-                    Scope::Service(k) => self.desired.services.get(&k).map(|s| s.origin.as_str()),
+                    Scope::Service(k) => desired.services.get(&k).map(|s| s.origin.as_str()),
                     _ => None,
                 };
                 match result {
@@ -283,18 +299,25 @@ impl<D: Dataplane> Controller<D> {
         }
         self.backoff
             .retain(|s, b| failed.contains(s) || (!touched.contains(s) && b.until > now));
-        self.track_drains(now);
+        self.track_drains(now, subset);
         self.metrics.sync_done(started.elapsed());
     }
 
     /// Starts the grace timer of real servers newly found draining; forgets finished drains.
-    fn track_drains(&mut self, now: Instant) {
+    /// With `subset`, only its virtual services are looked at.
+    fn track_drains(&mut self, now: Instant, subset: Option<&Subset>) {
         let Some(observed) = &self.observed else {
             return;
         };
-        let draining = plan::draining(&self.desired, observed);
-        let draining: BTreeSet<_> = draining.into_iter().collect();
-        self.drain_since.retain(|k, _| draining.contains(k));
+        let desired = self.sources.desired();
+        let draining: BTreeSet<_> = match subset {
+            Some(s) => plan::draining_of(desired, observed, &s.keys),
+            None => plan::draining(desired, observed),
+        }
+        .into_iter()
+        .collect();
+        self.drain_since
+            .retain(|k, _| draining.contains(k) || subset.is_some_and(|s| !s.keys.contains(&k.0)));
         for d in draining {
             self.drain_since.entry(d).or_insert(now);
         }
@@ -642,6 +665,38 @@ mod tests {
     }
 
     #[test]
+    fn a_change_after_a_backoff_expired_also_retries_the_failed_service() {
+        let s = Scratch::new();
+        s.write("manifests/app.yaml", SCENARIO);
+        let udp_file = s.write(
+            "manifests/udp.yaml",
+            &udp_service("10.100.100.101", 53, &["10.0.0.5"]),
+        );
+        s.record("c1", "10.0.0.11", "ready");
+        let t0 = Instant::now();
+        let mut kernel = Recording::default();
+        kernel.fail.insert(Scope::Service(app()));
+        let mut c = controller(&s, kernel, t0);
+        c.resync(t0);
+        c.dp.fail.clear();
+        c.dp.take();
+        std::fs::write(&udp_file, udp_service("10.100.100.101", 53, &["10.0.0.6"])).unwrap();
+        let udp = key("10.100.100.101", Udp, 53);
+
+        changed(&mut c, &[&udp_file], t0 + MIN_BACKOFF / 2);
+        assert_eq!(weights(&c, &udp), vec![("10.0.0.6:53".into(), 1)]);
+        assert!(
+            !c.dp.state.services.contains_key(&app()),
+            "still backing off"
+        );
+
+        std::fs::write(&udp_file, udp_service("10.100.100.101", 53, &["10.0.0.7"])).unwrap();
+        changed(&mut c, &[&udp_file], t0 + MIN_BACKOFF);
+        assert_eq!(weights(&c, &udp), vec![("10.0.0.7:53".into(), 1)]);
+        assert_eq!(weights(&c, &app()), vec![("10.0.0.11:8080".into(), 1)]);
+    }
+
+    #[test]
     fn tcp_removal_drains_at_weight_zero_then_deletes_udp_at_once() {
         let s = Scratch::new();
         s.write("manifests/app.yaml", SCENARIO);
@@ -826,6 +881,144 @@ mod tests {
         assert_eq!(
             report.listing,
             "TCP  10.100.100.100:8080 rr  # default/app-service port 8080/TCP\n  -> 10.0.0.11:8080           Masq    1\nloop-back set SVCPROXY-LOOP-BACK: 1 entries\n"
+        );
+    }
+
+    /// A small deterministic generator (xorshift) for the random-edit test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// One to three Services from small pools of names, VIPs, ports and endpoints, so random
+    /// edits also produce duplicate objects, VIP:port clashes, shared endpoints and selectors.
+    fn random_manifest(rng: &mut Rng, file: u64, step: usize) -> String {
+        let mut y = format!("# step {step}\n");
+        // Names are distinct within a file (a duplicate there makes the file invalid); now and
+        // then a name or VIP shared by all files makes a duplicate or a clash.
+        let base = rng.below(5);
+        for i in 0..1 + rng.below(3) {
+            let name = if i == 0 && rng.below(20) == 0 {
+                "shared".to_string()
+            } else {
+                format!("f{file}n{}", (base + i) % 5)
+            };
+            let vip = if rng.below(20) == 0 {
+                "9.0".to_string()
+            } else {
+                format!("{file}.{}", (base + i) % 5)
+            };
+            let ports = [
+                "{name: p80, port: 80, targetPort: 8080}",
+                "{name: p53, protocol: UDP, port: 53}",
+                "{name: p443, port: 443}",
+            ];
+            let first = rng.below(3) as usize;
+            let mut spec_ports = vec![ports[first]];
+            if rng.below(2) == 0 {
+                spec_ports.push(ports[(first + 1) % 3]);
+            }
+            let selector = if rng.below(3) == 0 {
+                String::new()
+            } else {
+                format!(", selector: {{app: a{}}}", rng.below(2))
+            };
+            y.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{name}}}\nspec: {{clusterIP: 10.96.{vip}{selector}, ports: [{}]}}\n",
+                spec_ports.join(", ")
+            ));
+            if rng.below(2) == 0 {
+                y.push_str(&format!(
+                    "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{name}-{}, labels: {{kubernetes.io/service-name: s{name}}}}}\naddressType: IPv4\nports: [{{name: p80, port: 8080}}, {{name: p53, protocol: UDP, port: 5353}}, {{name: p443, port: 8443}}]\nendpoints:\n",
+                    rng.below(2)
+                ));
+                for _ in 0..rng.below(4) {
+                    let ready = if rng.below(4) == 0 { "false" } else { "true" };
+                    y.push_str(&format!(
+                        "- {{addresses: [10.1.0.{}], conditions: {{ready: {ready}, serving: true, terminating: true}}}}\n",
+                        rng.below(6) + 1
+                    ));
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn incremental_changes_yield_the_ops_of_a_full_plan() {
+        let s = Scratch::new();
+        let t0 = Instant::now();
+        let mut c = controller(&s, Recording::default(), t0);
+        c.resync(t0);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let never = |_: &ServiceKey, _: &SocketAddr| false;
+        let mut partial = 0;
+        for step in 0..400 {
+            let path = if rng.below(10) < 7 {
+                let file = rng.below(6);
+                let p = s.0.join(format!("manifests/f{file}.yaml"));
+                if rng.below(5) == 0 {
+                    let _ = std::fs::remove_file(&p);
+                } else {
+                    std::fs::write(&p, random_manifest(&mut rng, file, step)).unwrap();
+                }
+                p
+            } else {
+                let id = rng.below(6);
+                let p = s.0.join(format!("state/home/p{id}.eth0.json"));
+                if rng.below(3) == 0 {
+                    let _ = std::fs::remove_file(&p);
+                } else {
+                    std::fs::write(
+                        &p,
+                        format!(
+                            r#"{{"version":1,"network":"home","containerId":"p{id}","ifname":"eth0","phase":"ready","ips":["10.1.0.{}/24"],"labels":{{"app":"a{}"}}}}"#,
+                            id + 1,
+                            rng.below(2)
+                        ),
+                    )
+                    .unwrap();
+                }
+                p
+            };
+            let before = c.dp.state.clone();
+            let change = c.sources.paths_changed(&BTreeSet::from([path.clone()]));
+            let subset = c.sources.derive(&change, "rr");
+            partial += usize::from(subset.is_some());
+            c.derived();
+            c.sync(t0, false, subset.as_ref());
+            let incremental = c.dp.take();
+            assert_eq!(c.errors(), 0, "step {step}: every generated input is valid");
+
+            let mut fresh = Sources::new(c.cfg.manifests.clone(), c.cfg.attachments.clone());
+            fresh.rescan();
+            let full = fresh.rebuild("rr");
+            assert_eq!(c.desired(), &full, "step {step}: {}", path.display());
+            assert_eq!(
+                incremental,
+                plan::plan(&full, &before, &never),
+                "step {step}: {}",
+                path.display()
+            );
+            // Drained TCP real servers without connections go at the next tick, nothing else.
+            c.tick(t0);
+            let settled = c.dp.take();
+            assert!(
+                settled.iter().all(|op| matches!(op, Op::DelDest { .. })),
+                "step {step}: {settled:?}"
+            );
+            assert_eq!(plan::plan(&full, &c.dp.state, &never), vec![]);
+        }
+        println!("{partial} of 400 changes were incremental");
+        assert!(
+            partial > 200,
+            "only {partial} of 400 changes were incremental"
         );
     }
 }

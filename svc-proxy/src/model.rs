@@ -98,6 +98,19 @@ impl Desired {
         self.services.keys().map(|k| k.addr).collect()
     }
 
+    /// Whether some wanted virtual service has address `addr` (a range lookup, not a scan).
+    pub fn has_vip(&self, addr: &IpAddr) -> bool {
+        let first = ServiceKey {
+            addr: *addr,
+            protocol: Protocol::Tcp,
+            port: 0,
+        };
+        self.services
+            .range(first..)
+            .next()
+            .is_some_and(|(k, _)| k.addr == *addr)
+    }
+
     /// Number of real servers over all services.
     pub fn endpoint_count(&self) -> usize {
         self.services.values().map(|s| s.endpoints.len()).sum()

@@ -1,8 +1,10 @@
 //! The pure planner: desired state + observed kernel state -> the minimal list of operations.
 
 use crate::model::{
-    Desired, Observed, ObservedService, ServiceKey, VirtualService, ENDPOINT_WEIGHT,
+    Desired, DesiredService, LoopbackEntry, Observed, ObservedService, ServiceKey, VirtualService,
+    ENDPOINT_WEIGHT,
 };
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -150,47 +152,7 @@ pub fn plan(
     }
 
     for (key, want) in &desired.services {
-        match observed.services.get(key) {
-            None => {
-                ops.push(Op::AddService(want.service.clone()));
-                for dest in &want.endpoints {
-                    ops.push(Op::AddDest {
-                        service: *key,
-                        dest: *dest,
-                        weight: ENDPOINT_WEIGHT,
-                    });
-                }
-            }
-            Some(have) => {
-                if have.service != want.service {
-                    ops.push(Op::UpdateService(want.service.clone()));
-                }
-                for dest in &want.endpoints {
-                    match have.dests.get(dest) {
-                        None => ops.push(Op::AddDest {
-                            service: *key,
-                            dest: *dest,
-                            weight: ENDPOINT_WEIGHT,
-                        }),
-                        Some(d) if d.weight != ENDPOINT_WEIGHT || !d.masquerade => {
-                            ops.push(Op::UpdateDest {
-                                service: *key,
-                                dest: *dest,
-                                weight: ENDPOINT_WEIGHT,
-                            })
-                        }
-                        Some(_) => {}
-                    }
-                }
-                plan_removed_dests(
-                    key,
-                    have,
-                    |d| want.endpoints.contains(d),
-                    drain_expired,
-                    &mut ops,
-                );
-            }
-        }
+        plan_service(key, want, observed, drain_expired, &mut ops);
     }
 
     for (key, _) in observed.services.iter() {
@@ -210,6 +172,117 @@ pub fn plan(
         ops.push(Op::DelAddress(*addr));
     }
     ops
+}
+
+/// What an incremental change touched: the virtual services and loop-back entries to re-plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subset {
+    pub keys: BTreeSet<ServiceKey>,
+    pub loopback: BTreeSet<LoopbackEntry>,
+}
+
+/// [`plan`] restricted to `subset`: its virtual services, its loop-back entries and the VIPs of
+/// its services. Yields exactly the operations of [`plan`] when everything outside `subset`
+/// already matches; its cost grows with the subset, not with the number of services.
+pub fn plan_subset(
+    desired: &Desired,
+    observed: &Observed,
+    subset: &Subset,
+    drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let addrs: BTreeSet<IpAddr> = subset.keys.iter().map(|k| k.addr).collect();
+    let wanted: BTreeSet<IpAddr> = addrs
+        .iter()
+        .filter(|a| desired.has_vip(a))
+        .copied()
+        .collect();
+
+    for vip in &wanted {
+        if !observed.addresses.contains(vip) {
+            ops.push(Op::AddAddress(*vip));
+        }
+    }
+    for key in &subset.keys {
+        if let Some(want) = desired.services.get(key) {
+            plan_service(key, want, observed, drain_expired, &mut ops);
+        }
+    }
+    for key in &subset.keys {
+        if observed.services.contains_key(key)
+            && !desired.services.contains_key(key)
+            && observed.owns(&key.addr, &wanted)
+        {
+            ops.push(Op::DelService(*key));
+        }
+    }
+    for entry in &subset.loopback {
+        if desired.loopback.contains(entry) && !observed.loopback.contains(entry) {
+            ops.push(Op::AddLoopback(*entry));
+        }
+    }
+    for entry in &subset.loopback {
+        if !desired.loopback.contains(entry) && observed.loopback.contains(entry) {
+            ops.push(Op::DelLoopback(*entry));
+        }
+    }
+    for addr in addrs.difference(&wanted) {
+        if observed.addresses.contains(addr) {
+            ops.push(Op::DelAddress(*addr));
+        }
+    }
+    ops
+}
+
+/// The operations for one wanted virtual service: create it, fix its settings and real servers.
+fn plan_service(
+    key: &ServiceKey,
+    want: &DesiredService,
+    observed: &Observed,
+    drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
+    ops: &mut Vec<Op>,
+) {
+    match observed.services.get(key) {
+        None => {
+            ops.push(Op::AddService(want.service.clone()));
+            for dest in &want.endpoints {
+                ops.push(Op::AddDest {
+                    service: *key,
+                    dest: *dest,
+                    weight: ENDPOINT_WEIGHT,
+                });
+            }
+        }
+        Some(have) => {
+            if have.service != want.service {
+                ops.push(Op::UpdateService(want.service.clone()));
+            }
+            for dest in &want.endpoints {
+                match have.dests.get(dest) {
+                    None => ops.push(Op::AddDest {
+                        service: *key,
+                        dest: *dest,
+                        weight: ENDPOINT_WEIGHT,
+                    }),
+                    Some(d) if d.weight != ENDPOINT_WEIGHT || !d.masquerade => {
+                        ops.push(Op::UpdateDest {
+                            service: *key,
+                            dest: *dest,
+                            weight: ENDPOINT_WEIGHT,
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+            plan_removed_dests(
+                key,
+                have,
+                |d| want.endpoints.contains(d),
+                drain_expired,
+                ops,
+            );
+        }
+    }
 }
 
 fn plan_removed_dests(
@@ -241,8 +314,20 @@ fn plan_removed_dests(
 
 /// The real servers that are draining in `observed`: ours, unwanted, at weight 0.
 pub fn draining(desired: &Desired, observed: &Observed) -> Vec<(ServiceKey, SocketAddr)> {
+    draining_of(desired, observed, desired.services.keys())
+}
+
+/// [`draining`] among the virtual services `keys`.
+pub fn draining_of<'a>(
+    desired: &Desired,
+    observed: &Observed,
+    keys: impl IntoIterator<Item = &'a ServiceKey>,
+) -> Vec<(ServiceKey, SocketAddr)> {
     let mut out = Vec::new();
-    for (key, want) in &desired.services {
+    for key in keys {
+        let Some(want) = desired.services.get(key) else {
+            continue;
+        };
         if key.protocol == nodenet::Protocol::Udp {
             continue;
         }
@@ -624,5 +709,52 @@ mod tests {
                 Op::DelLoopback(stray),
             ]
         );
+    }
+
+    #[test]
+    fn a_subset_plans_only_its_services_entries_and_vips() {
+        let a = key("10.96.0.1", Tcp, 80);
+        let b = key("10.96.0.2", Udp, 53);
+        let gone = key("10.96.0.3", Tcp, 80);
+        let before = desired(&[
+            (a, "rr", &["10.0.0.1:80", "10.0.0.9:80"]),
+            (b, "rr", &["10.0.0.2:53"]),
+            (gone, "rr", &["10.0.0.9:80"]),
+        ]);
+        let mut observed = in_sync(&before);
+        // Drift outside the subset is left for the full resync.
+        observed.services.get_mut(&b).unwrap().dests.clear();
+        let after = desired(&[
+            (a, "rr", &["10.0.0.1:80", "10.0.0.4:80"]),
+            (b, "rr", &["10.0.0.2:53"]),
+        ]);
+        let subset = Subset {
+            keys: BTreeSet::from([a, gone]),
+            loopback: BTreeSet::from([lb("10.0.0.4:80", Tcp), lb("10.0.0.9:80", Tcp)]),
+        };
+        let ops = plan_subset(&after, &observed, &subset, &never);
+        assert_eq!(
+            ops,
+            vec![
+                Op::AddDest {
+                    service: a,
+                    dest: sa("10.0.0.4:80"),
+                    weight: 1
+                },
+                Op::UpdateDest {
+                    service: a,
+                    dest: sa("10.0.0.9:80"),
+                    weight: 0
+                },
+                Op::DelService(gone),
+                Op::AddLoopback(lb("10.0.0.4:80", Tcp)),
+                Op::DelLoopback(lb("10.0.0.9:80", Tcp)),
+                Op::DelAddress(gone.addr),
+            ]
+        );
+        let full = plan(&after, &observed, &never);
+        assert!(full
+            .iter()
+            .all(|op| ops.contains(op) || op.scope() == Scope::Service(b)));
     }
 }

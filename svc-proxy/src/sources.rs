@@ -3,8 +3,9 @@
 //! Another source (the Kubernetes API) would feed the same objects into [`Sources::rebuild`].
 
 use crate::attachments::{self, Pod};
-use crate::manifest::{self, Object};
-use crate::model::Desired;
+use crate::manifest::{self, EndpointSlice, Object, Service};
+use crate::model::{Desired, LoopbackEntry, ServiceKey};
+use crate::plan::Subset;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,29 @@ struct ManifestFile {
     objects: Vec<Object>,
 }
 
-/// Manifest inputs and attached pods.
+/// What an input change asks to re-derive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// Everything (a directory was rescanned, or an index could not follow).
+    All,
+    /// These Services (`namespace/name`), with their EndpointSlices.
+    Services(BTreeSet<String>),
+}
+
+impl Change {
+    fn add(&mut self, names: BTreeSet<String>) {
+        match self {
+            Change::All => {}
+            Change::None if names.is_empty() => {}
+            Change::None => *self = Change::Services(names),
+            Change::Services(s) => s.extend(names),
+        }
+    }
+}
+
+/// Manifest inputs and attached pods, and the desired state derived from them, kept up to date
+/// per changed Service so one change costs the same at any number of Services.
 pub struct Sources {
     /// Manifest files and directories named on the command line (absolute).
     manifests: Vec<PathBuf>,
@@ -29,6 +52,18 @@ pub struct Sources {
     pods: BTreeMap<PathBuf, Pod>,
     /// Invalid manifest loads since start.
     pub errors: usize,
+    desired: Desired,
+    /// The virtual services each Service (`namespace/name`) contributes to `desired`.
+    keys_of: HashMap<String, Vec<ServiceKey>>,
+    /// How many desired virtual services want each loop-back entry.
+    loop_refs: HashMap<LoopbackEntry, usize>,
+    endpoints: usize,
+    /// The file defining each object (by [`Object::id`]).
+    owner: HashMap<String, PathBuf>,
+    /// The files holding EndpointSlices of each Service (`namespace/name`).
+    slice_files: HashMap<String, BTreeSet<PathBuf>>,
+    /// No duplicate object and no VIP:port clash: per-Service updates equal a full derive.
+    exact: bool,
 }
 
 impl Sources {
@@ -39,7 +74,24 @@ impl Sources {
             files: BTreeMap::new(),
             pods: BTreeMap::new(),
             errors: 0,
+            desired: Desired::default(),
+            keys_of: HashMap::new(),
+            loop_refs: HashMap::new(),
+            endpoints: 0,
+            owner: HashMap::new(),
+            slice_files: HashMap::new(),
+            exact: false,
         }
+    }
+
+    /// The desired state as last derived.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Number of real servers over all desired services.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints
     }
 
     /// Re-reads everything that changed; true if any input changed.
@@ -48,27 +100,110 @@ impl Sources {
         self.rescan_attachments() || m
     }
 
-    /// Re-reads what `paths` name; true if any input changed.
-    pub fn paths_changed(&mut self, paths: &BTreeSet<PathBuf>) -> bool {
-        let mut changed = false;
+    /// Re-reads what `paths` name; says what must be re-derived.
+    pub fn paths_changed(&mut self, paths: &BTreeSet<PathBuf>) -> Change {
+        let mut change = Change::None;
         for p in paths {
             if p.starts_with(&self.attachments) {
                 if attachments::is_record_name(p) {
-                    changed |= self.reload_pod(p);
-                } else if p.is_dir() || p == &self.attachments {
-                    changed |= self.rescan_attachments();
+                    let old = self.pods.get(p).cloned();
+                    if self.reload_pod(p) {
+                        let new = self.pods.get(p).cloned();
+                        change.add(self.selecting(old.iter().chain(new.iter())));
+                    }
+                } else if (p.is_dir() || p == &self.attachments) && self.rescan_attachments() {
+                    change = Change::All;
                 }
             } else if self.manifests.contains(p) && p.is_dir() {
-                changed |= self.rescan_manifests();
+                if self.rescan_manifests() {
+                    change = Change::All;
+                }
             } else if self.is_manifest_path(p) {
                 // A burst of events for one write shows the same file again: read it once.
                 let now = stamp(p);
                 if now.is_none() || self.files.get(p).is_none_or(|f| Some(f.stamp) != now) {
-                    changed |= self.reload_manifest(p, now);
+                    let before = self.refs(p);
+                    if self.reload_manifest(p, now) {
+                        change.add(self.reindex(p, before));
+                    }
                 }
             }
         }
-        changed
+        if !self.exact && change != Change::None {
+            change = Change::All;
+        }
+        change
+    }
+
+    /// The Services with a selector that matches one of `pods`.
+    fn selecting<'a>(&self, pods: impl Iterator<Item = &'a Pod> + Clone) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for file in self.files.values() {
+            for o in &file.objects {
+                if let Object::Service(s) = o {
+                    if s.selector
+                        .as_ref()
+                        .is_some_and(|sel| pods.clone().any(|pod| pod.matches(&s.namespace, sel)))
+                    {
+                        out.insert(service_name(&s.namespace, &s.name));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What file `p` holds for the indexes: object ids, Services it names (its Services and the
+    /// Services of its EndpointSlices), and the Services of its EndpointSlices.
+    fn refs(&self, p: &Path) -> FileRefs {
+        let mut r = FileRefs::default();
+        for o in self.files.get(p).map_or(&[][..], |f| &f.objects[..]) {
+            r.ids.push(o.id());
+            match o {
+                Object::Service(s) => {
+                    r.names.insert(service_name(&s.namespace, &s.name));
+                }
+                Object::EndpointSlice(e) => {
+                    let n = service_name(&e.namespace, &e.service_name);
+                    r.names.insert(n.clone());
+                    r.slices.insert(n);
+                }
+            }
+        }
+        r
+    }
+
+    /// Moves file `p` in the indexes from `before` to its current objects; returns the Services
+    /// it named before or now. A duplicate object turns exact updates off until the next derive.
+    fn reindex(&mut self, p: &Path, before: FileRefs) -> BTreeSet<String> {
+        for id in &before.ids {
+            if self.owner.get(id).is_some_and(|o| o == p) {
+                self.owner.remove(id);
+            }
+        }
+        for n in &before.slices {
+            if let Some(files) = self.slice_files.get_mut(n) {
+                files.remove(p);
+                if files.is_empty() {
+                    self.slice_files.remove(n);
+                }
+            }
+        }
+        let now = self.refs(p);
+        for id in now.ids {
+            if self.owner.insert(id, p.to_path_buf()).is_some() {
+                self.exact = false;
+            }
+        }
+        for n in now.slices {
+            self.slice_files
+                .entry(n)
+                .or_default()
+                .insert(p.to_path_buf());
+        }
+        let mut names = before.names;
+        names.extend(now.names);
+        names
     }
 
     fn is_manifest_path(&self, p: &Path) -> bool {
@@ -188,9 +323,15 @@ impl Sources {
     /// The desired state from the last good inputs. An object defined in two files is taken from
     /// the first (in path order); the other copy and any VIP:port clash are logged.
     pub fn rebuild(&self, scheduler: &str) -> Desired {
+        self.build_all(scheduler).0
+    }
+
+    /// [`Sources::rebuild`], and whether it was free of duplicates and clashes.
+    fn build_all(&self, scheduler: &str) -> (Desired, bool) {
         let mut seen: HashMap<String, &Path> = HashMap::new();
         let mut services = Vec::new();
         let mut slices = Vec::new();
+        let mut exact = true;
         for (path, file) in &self.files {
             for o in &file.objects {
                 if let Some(first) = seen.get(&o.id()) {
@@ -200,6 +341,7 @@ impl Sources {
                         o.id(),
                         first.display()
                     );
+                    exact = false;
                     continue;
                 }
                 seen.insert(o.id(), path);
@@ -211,11 +353,178 @@ impl Sources {
         }
         let pods: Vec<&Pod> = self.pods.values().collect();
         let (desired, conflicts) = crate::desired::build(&services, &slices, &pods, scheduler);
-        for c in conflicts {
+        for c in &conflicts {
             log::error!("{c}");
         }
-        desired
+        (desired, exact && conflicts.is_empty())
     }
+
+    /// Derives the whole desired state and its indexes from the last good inputs.
+    pub fn derive_all(&mut self, scheduler: &str) {
+        let (desired, exact) = self.build_all(scheduler);
+        self.exact = exact;
+        self.owner.clear();
+        self.slice_files.clear();
+        self.keys_of.clear();
+        for (path, file) in &self.files {
+            for o in &file.objects {
+                self.owner
+                    .entry(o.id())
+                    .or_insert_with(|| path.to_path_buf());
+                match o {
+                    Object::Service(s) => {
+                        self.keys_of
+                            .insert(service_name(&s.namespace, &s.name), service_keys(s));
+                    }
+                    Object::EndpointSlice(e) => {
+                        self.slice_files
+                            .entry(service_name(&e.namespace, &e.service_name))
+                            .or_default()
+                            .insert(path.to_path_buf());
+                    }
+                }
+            }
+        }
+        self.loop_refs.clear();
+        for (key, s) in &desired.services {
+            for ep in s.endpoints.iter().filter(|e| e.is_ipv4()) {
+                *self
+                    .loop_refs
+                    .entry(LoopbackEntry::for_endpoint(*ep, key.protocol))
+                    .or_default() += 1;
+            }
+        }
+        self.endpoints = desired.endpoint_count();
+        self.desired = desired;
+    }
+
+    /// Applies `change` to the desired state. Returns what it touched, or `None` when it derived
+    /// everything (a change that is not per Service, or a duplicate or clash to resolve).
+    pub fn derive(&mut self, change: &Change, scheduler: &str) -> Option<Subset> {
+        let names = match change {
+            Change::Services(names) if self.exact => names,
+            _ => {
+                self.derive_all(scheduler);
+                return None;
+            }
+        };
+        let (part, keys) = self.build_services(names, scheduler);
+        let mut subset = Subset::default();
+        for name in names {
+            for key in self.keys_of.remove(name).unwrap_or_default() {
+                subset.keys.insert(key);
+                let Some(old) = self.desired.services.remove(&key) else {
+                    continue;
+                };
+                self.endpoints -= old.endpoints.len();
+                for ep in old.endpoints.iter().filter(|e| e.is_ipv4()) {
+                    let entry = LoopbackEntry::for_endpoint(*ep, key.protocol);
+                    subset.loopback.insert(entry);
+                    let refs = self.loop_refs.entry(entry).or_default();
+                    *refs = refs.saturating_sub(1);
+                    if *refs == 0 {
+                        self.loop_refs.remove(&entry);
+                        self.desired.loopback.remove(&entry);
+                    }
+                }
+            }
+        }
+        let Some(part) = part.filter(|p| {
+            p.services
+                .keys()
+                .all(|k| !self.desired.services.contains_key(k))
+        }) else {
+            self.derive_all(scheduler);
+            return None;
+        };
+        self.keys_of.extend(keys);
+        for (key, s) in part.services {
+            subset.keys.insert(key);
+            self.endpoints += s.endpoints.len();
+            for ep in s.endpoints.iter().filter(|e| e.is_ipv4()) {
+                let entry = LoopbackEntry::for_endpoint(*ep, key.protocol);
+                subset.loopback.insert(entry);
+                *self.loop_refs.entry(entry).or_default() += 1;
+                self.desired.loopback.insert(entry);
+            }
+            self.desired.services.insert(key, s);
+        }
+        Some(subset)
+    }
+
+    /// The desired state of just the Services `names` (`None` on a clash among them), and the
+    /// virtual services each of them claims.
+    fn build_services(
+        &self,
+        names: &BTreeSet<String>,
+        scheduler: &str,
+    ) -> (Option<Desired>, KeysOf) {
+        let mut services: Vec<&Service> = Vec::new();
+        let mut slices: Vec<&EndpointSlice> = Vec::new();
+        for name in names {
+            let objects = |path: Option<&PathBuf>| {
+                path.and_then(|p| self.files.get(p))
+                    .map_or(&[][..], |f| &f.objects[..])
+            };
+            let id = format!("Service {name}");
+            services.extend(objects(self.owner.get(&id)).iter().filter_map(|o| match o {
+                Object::Service(s) if service_name(&s.namespace, &s.name) == *name => Some(s),
+                _ => None,
+            }));
+            for p in self.slice_files.get(name).into_iter().flatten() {
+                slices.extend(objects(Some(p)).iter().filter_map(|o| match o {
+                    Object::EndpointSlice(e)
+                        if service_name(&e.namespace, &e.service_name) == *name =>
+                    {
+                        Some(e)
+                    }
+                    _ => None,
+                }));
+            }
+        }
+        let pods: Vec<&Pod> = self.pods.values().collect();
+        let (part, conflicts) = crate::desired::build(&services, &slices, &pods, scheduler);
+        let keys = services
+            .iter()
+            .map(|s| (service_name(&s.namespace, &s.name), service_keys(s)))
+            .collect();
+        (conflicts.is_empty().then_some(part), keys)
+    }
+}
+
+/// The virtual services of each Service (`namespace/name`).
+type KeysOf = Vec<(String, Vec<ServiceKey>)>;
+
+/// The index entries of one file (see [`Sources::refs`]).
+#[derive(Default)]
+struct FileRefs {
+    ids: Vec<String>,
+    names: BTreeSet<String>,
+    slices: BTreeSet<String>,
+}
+
+fn service_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The virtual services a Service asks for: each of its ports on each of its VIPs.
+fn service_keys(s: &Service) -> Vec<ServiceKey> {
+    let mut vips: Vec<std::net::IpAddr> = Vec::new();
+    for ip in s.cluster_ips.iter().chain(&s.external_ips) {
+        if !vips.contains(ip) {
+            vips.push(*ip);
+        }
+    }
+    s.ports
+        .iter()
+        .flat_map(|p| {
+            vips.iter().map(|vip| ServiceKey {
+                addr: *vip,
+                protocol: p.protocol,
+                port: p.port,
+            })
+        })
+        .collect()
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {

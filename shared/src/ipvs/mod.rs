@@ -469,7 +469,9 @@ impl Ipvs {
         self.one(Op::DelDest(*key, addr, port))
     }
 
-    /// `ipvsadm -C`: removes EVERY virtual service in this namespace, not only ours.
+    /// `ipvsadm -C`: removes EVERY virtual service in this namespace, not only ours. Their real
+    /// servers stay in the kernel's trash for 2-3 minutes and slow every add-destination until
+    /// then (see [`Ipvs::apply`]).
     pub fn flush(&self) -> Result<(), Error> {
         self.sock
             .request(wire::flush_request(self.family))
@@ -485,6 +487,11 @@ impl Ipvs {
     /// Applies many changes pipelined (like `ipvsadm --restore`, without the process): one
     /// result per op, in order. Ops are sent in order and the kernel applies them in order; a
     /// refused op does not stop the following ones. Invalid ops are refused without being sent.
+    ///
+    /// Cost is linear in `ops` in a namespace without recent deletions. The kernel keeps every
+    /// deleted real server in a per-namespace trash list for 2-3 minutes
+    /// (`IP_VS_DEST_TRASH_PERIOD`) and every add-destination scans that list, so re-adding a
+    /// large table right after deleting or flushing it is quadratic, as it is for `ipvsadm`.
     pub fn apply(&self, ops: &[Op]) -> Vec<Result<(), Error>> {
         let checks: Vec<Result<(), Error>> = ops.iter().map(Op::check).collect();
         let msgs = ops
