@@ -45,8 +45,8 @@ struct Args {
     /// Endpoint changes timed per latency size.
     #[arg(long, default_value_t = 10)]
     trials: usize,
-    /// Seconds to wait after emptying the namespace, so the kernel's deferred teardown of a large
-    /// table does not run during the next measurement.
+    /// Seconds to wait after moving to a fresh namespace, so the kernel's deferred teardown of
+    /// the previous one does not run during the next measurement.
     #[arg(long, default_value_t = 10)]
     settle: u64,
     /// The svc-proxy binary.
@@ -90,13 +90,19 @@ fn sh(cmd: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Empties the namespace of everything the cases create.
-fn reset(args: &Args) -> Result<()> {
-    sh(args.svc_proxy.to_str().unwrap_or("svc-proxy"), &["cleanup"])?;
-    sh("ipvsadm", &["-C"])?;
-    let _ = sh("ipset", &["destroy", SET]);
+/// Moves the benchmark into a fresh network namespace (with the routable pod range) and returns
+/// an IPVS handle bound to it. A flushed namespace would not do: IPVS keeps deleted real servers
+/// on a per-namespace trash list for 2-3 minutes, and every add walks it, so the next case would
+/// measure the previous one's leftovers.
+fn reset(args: &Args) -> Result<Ipvs> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+    sh("ip", &["link", "set", "lo", "up"])?;
+    // Real servers must be routable for IPVS to accept them.
+    sh("ip", &["link", "add", "pods0", "type", "dummy"])?;
+    sh("ip", &["addr", "add", "10.128.0.1/10", "dev", "pods0"])?;
+    sh("ip", &["link", "set", "pods0", "up"])?;
     std::thread::sleep(Duration::from_secs(args.settle));
-    Ok(())
+    Ok(Ipvs::open()?)
 }
 
 /// Service `i` and its EndpointSlice, with endpoint 0 replaced by `first` when given.
@@ -224,12 +230,12 @@ struct Programming {
     set_exec_measured: usize,
 }
 
-fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
+fn programming(args: &Args, n: usize) -> Result<Programming> {
     eprintln!("== {n} services x {ENDPOINTS} endpoints from empty");
     let dir = args.work.join(format!("m{n}"));
     write_manifests(&dir, n)?;
 
-    reset(args)?;
+    let ipvs = reset(args)?;
     let text = restore_text(n);
     let t = Instant::now();
     let mut child = Command::new("ipvsadm")
@@ -245,9 +251,9 @@ fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
         bail!("ipvsadm --restore failed");
     }
     let restore = t.elapsed();
-    verify_table(ipvs, n).context("after ipvsadm --restore")?;
+    verify_table(&ipvs, n).context("after ipvsadm --restore")?;
 
-    reset(args)?;
+    let ipvs = reset(args)?;
     let ops = ipvs_ops(n);
     let t = Instant::now();
     let failed = ipvs.apply(&ops).into_iter().filter(|r| r.is_err()).count();
@@ -255,9 +261,9 @@ fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
     if failed > 0 {
         bail!("{failed} pipelined IPVS operations failed");
     }
-    verify_table(ipvs, n).context("after the pipelined apply")?;
+    verify_table(&ipvs, n).context("after the pipelined apply")?;
 
-    reset(args)?;
+    let ipvs = reset(args)?;
     let t = Instant::now();
     let out = Command::new(&args.svc_proxy)
         .args([
@@ -276,7 +282,7 @@ fn programming(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Programming> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    verify_table(ipvs, n).context("after svc-proxy --once")?;
+    verify_table(&ipvs, n).context("after svc-proxy --once")?;
 
     reset(args)?;
     let set = Ipset::open()?;
@@ -338,11 +344,11 @@ impl Drop for Daemon {
     }
 }
 
-fn latency(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Latency> {
+fn latency(args: &Args, n: usize) -> Result<Latency> {
     eprintln!("== one-change latency at {n} services");
     let dir = args.work.join(format!("l{n}"));
     write_manifests(&dir, n)?;
-    reset(args)?;
+    let ipvs = reset(args)?;
     let log = std::fs::File::create(args.work.join(format!("svc-proxy-{n}.log")))?;
     let t = Instant::now();
     let daemon = Daemon(
@@ -408,22 +414,15 @@ fn latency(args: &Args, ipvs: &Ipvs, n: usize) -> Result<Latency> {
 fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.work)?;
-    // Real servers must be routable for IPVS to accept them.
-    let _ = sh("ip", &["link", "del", "pods0"]);
-    sh("ip", &["link", "add", "pods0", "type", "dummy"])?;
-    sh("ip", &["addr", "add", "10.128.0.1/10", "dev", "pods0"])?;
-    sh("ip", &["link", "set", "pods0", "up"])?;
-    let ipvs = Ipvs::open()?;
 
     let mut rows = Vec::new();
     for &n in &args.sizes {
-        rows.push(programming(&args, &ipvs, n)?);
+        rows.push(programming(&args, n)?);
     }
     let mut lat = Vec::new();
     for &n in &args.latency_sizes {
-        lat.push(latency(&args, &ipvs, n)?);
+        lat.push(latency(&args, n)?);
     }
-    reset(&args)?;
 
     println!("## Programming N services x {ENDPOINTS} endpoints from empty\n");
     println!("| N | ipvsadm --restore | svc-proxy --once (all state) | ratio | pipelined IPVS apply | ratio |");
