@@ -487,17 +487,8 @@ impl Plan<'_> {
     /// Puts each family's gateway on the bridge (as the reference plugin's `ensureAddr`) and
     /// turns on forwarding.
     async fn gateways(&self, br: &Link, ips: &[IpConfig]) -> Result<()> {
-        let gws = gateway_addresses(ips);
-        for v6 in [false, true] {
-            let mine: Vec<IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).copied().collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let existing = self.host.addresses_of_family(br.index, v6).await?;
-            for gw in &mine {
-                if existing.contains(gw) {
-                    continue;
-                }
+        for (v6, mine, existing) in self.gateways_by_family(br, ips).await? {
+            for gw in mine.iter().filter(|gw| !existing.contains(gw)) {
                 for a in conflicting(&existing, &mine, gw) {
                     if !self.conf.force_address {
                         return Err(address_conflict(br, gw, a));
@@ -520,13 +511,7 @@ impl Plan<'_> {
     /// addresses conflict with (without `forceAddress`), so a refused ADD leaves the bridge as
     /// it was.
     async fn check_bridge_addresses(&self, br: &Link, ips: &[IpConfig]) -> Result<()> {
-        let gws = gateway_addresses(ips);
-        for v6 in [false, true] {
-            let mine: Vec<IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).copied().collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let existing = self.host.addresses_of_family(br.index, v6).await?;
+        for (_, mine, existing) in self.gateways_by_family(br, ips).await? {
             for gw in mine.iter().filter(|gw| !existing.contains(gw)) {
                 if let Some(a) = conflicting(&existing, &mine, gw).next() {
                     return Err(address_conflict(br, gw, a));
@@ -534,6 +519,25 @@ impl Plan<'_> {
             }
         }
         Ok(())
+    }
+
+    /// For each address family that has a gateway: whether it is IPv6, its gateway addresses,
+    /// and the bridge's current addresses of that family.
+    async fn gateways_by_family(
+        &self,
+        br: &Link,
+        ips: &[IpConfig],
+    ) -> Result<Vec<(bool, Vec<IpNetwork>, Vec<IpNetwork>)>> {
+        let gws = gateway_addresses(ips);
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let mine: Vec<IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).copied().collect();
+            if !mine.is_empty() {
+                let existing = self.host.addresses_of_family(br.index, v6).await?;
+                out.push((v6, mine, existing));
+            }
+        }
+        Ok(out)
     }
 
     /// Sysctls, addresses, link up, routes on the pod interface — the reference plugin's
