@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 /// First retry delay after a failed operation; doubled per failure up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Largest batch whose operations are logged one line each (info level).
+const LOG_EACH_MAX: usize = 100;
 /// How often draining real servers are checked for remaining connections.
 pub const DRAIN_POLL: Duration = Duration::from_secs(1);
 
@@ -108,12 +110,24 @@ impl<D: Dataplane> Controller<D> {
     /// Handles changed paths: re-reads what they name, re-derives only the Services they touch
     /// and converges those against the cached kernel state.
     pub fn paths_changed(&mut self, paths: &BTreeSet<PathBuf>, now: Instant) {
+        let started = Instant::now();
         let change = self.sources.paths_changed(paths);
         self.count_manifest_errors();
+        let read = started.elapsed();
         if change != Change::None {
             let subset = self.sources.derive(&change, &self.cfg.scheduler);
             self.derived();
+            let derived = started.elapsed();
             self.sync(now, false, subset.as_ref());
+            log::debug!(
+                "{} changed path(s): read {read:?}, derived {} in {:?}, synced in {:?}",
+                paths.len(),
+                subset.map_or("everything".to_string(), |s| {
+                    format!("{} virtual service(s)", s.keys.len())
+                }),
+                derived - read,
+                started.elapsed() - derived
+            );
         }
     }
 
@@ -123,10 +137,12 @@ impl<D: Dataplane> Controller<D> {
             self.resync(now);
             return;
         }
-        if !self.drain_since.is_empty() {
-            self.stale.extend(self.drain_since.keys().map(|(k, _)| *k));
-        }
-        self.sync(now, false, None);
+        // Only what is waiting is re-planned: draining real servers (re-read for their
+        // connection counts) and retries that are due, so a tick costs the same at any size.
+        let mut subset = Subset::default();
+        subset.keys.extend(self.drain_since.keys().map(|(k, _)| *k));
+        self.stale.extend(subset.keys.iter().copied());
+        self.sync(now, false, Some(&subset));
     }
 
     /// When [`Controller::tick`] has work next.
@@ -170,17 +186,37 @@ impl<D: Dataplane> Controller<D> {
         self.backoff.get(scope).is_some_and(|b| b.until > now)
     }
 
-    /// Converges the kernel: dumps it when `full` (or when no cached view exists), refreshes
-    /// stale services, plans (only `subset` when given), and applies what is not held back by
-    /// backoff.
-    fn sync(&mut self, now: Instant, full: bool, subset: Option<&Subset>) {
-        // A retry that is due is planned with everything else, so a change never swallows it.
-        let due = self.backoff.values().any(|b| b.until <= now)
-            || self
-                .stale
+    /// `subset` widened by the retries that are due (services whose backoff is over, services
+    /// whose cached state is doubtful), so a change never swallows a retry; `None` (plan
+    /// everything) when a retry is not per service (an address or the loop-back set).
+    fn with_retries(&self, subset: &Subset, now: Instant) -> Option<Subset> {
+        let mut out = subset.clone();
+        for (scope, b) in &self.backoff {
+            match scope {
+                _ if b.until > now => {}
+                Scope::Service(k) => {
+                    out.keys.insert(*k);
+                }
+                Scope::Address(_) | Scope::Loopback => return None,
+            }
+        }
+        out.keys.extend(
+            self.stale
                 .iter()
-                .any(|k| !self.in_backoff(&Scope::Service(*k), now));
-        let subset = subset.filter(|_| !full && !due && self.observed.is_some());
+                .filter(|k| !self.in_backoff(&Scope::Service(**k), now)),
+        );
+        Some(out)
+    }
+
+    /// Converges the kernel: dumps it when `full` (or when no cached view exists), refreshes
+    /// stale services, plans (only `subset` and the retries that are due, when given), and
+    /// applies what is not held back by backoff.
+    fn sync(&mut self, now: Instant, full: bool, subset: Option<&Subset>) {
+        let subset = match subset {
+            Some(s) if !full && self.observed.is_some() => self.with_retries(s, now),
+            _ => None,
+        };
+        let subset = subset.as_ref();
         let started = Instant::now();
         if full || self.observed.is_none() {
             if let Err(e) = self.dp.ensure_base() {
@@ -248,9 +284,18 @@ impl<D: Dataplane> Controller<D> {
             .into_iter()
             .filter(|op| !self.in_backoff(&op.scope(), now))
             .collect();
+        let planned = started.elapsed();
 
         let mut touched = BTreeSet::new();
         let mut failed = BTreeSet::new();
+        // One line per operation, except in a large batch (a first sync, a new input
+        // directory): one line with the count per kind, the operations at debug level.
+        let each = if ops.len() <= LOG_EACH_MAX {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        let mut applied = std::collections::BTreeMap::new();
         if !ops.is_empty() {
             let results = self.dp.apply(&ops);
             let observed = self.observed.as_mut().expect("dumped above");
@@ -265,9 +310,10 @@ impl<D: Dataplane> Controller<D> {
                     Ok(()) => {
                         observed.record(op);
                         self.metrics.operation(op.kind());
+                        *applied.entry(op.kind()).or_insert(0usize) += 1;
                         match origin {
-                            Some(o) => log::info!("{o}: {op}"),
-                            None => log::info!("{op}"),
+                            Some(o) => log::log!(each, "{o}: {op}"),
+                            None => log::log!(each, "{op}"),
                         }
                     }
                     // Later operations of a failed scope usually fail for the same reason.
@@ -279,6 +325,10 @@ impl<D: Dataplane> Controller<D> {
                     Err(e) => log::debug!("{e}"),
                 }
             }
+        }
+        if each != log::Level::Info && !applied.is_empty() {
+            let counts: Vec<String> = applied.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            log::info!("applied {}", counts.join(", "));
         }
         for scope in &failed {
             let delay = self
@@ -301,6 +351,16 @@ impl<D: Dataplane> Controller<D> {
             .retain(|s, b| failed.contains(s) || (!touched.contains(s) && b.until > now));
         self.track_drains(now, subset);
         self.metrics.sync_done(started.elapsed());
+        log::debug!(
+            "sync ({}): {} operation(s), planned in {planned:?}, done in {:?}",
+            match subset {
+                Some(s) => format!("{} virtual service(s)", s.keys.len()),
+                None if full => "full, kernel dumped".to_string(),
+                None => "full".to_string(),
+            },
+            ops.len(),
+            started.elapsed()
+        );
     }
 
     /// Starts the grace timer of real servers newly found draining; forgets finished drains.
@@ -346,6 +406,7 @@ impl<D: Dataplane> Controller<D> {
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
+            let woke = Instant::now();
             let mut paths = BTreeSet::new();
             let mut next = Some(first);
             while let Some(ev) = next {
@@ -361,6 +422,7 @@ impl<D: Dataplane> Controller<D> {
                     Err(RecvTimeoutError::Disconnected) => return,
                 };
             }
+            log::debug!("events settled after {:?}", woke.elapsed());
             self.paths_changed(&paths, Instant::now());
         }
     }

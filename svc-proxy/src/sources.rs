@@ -62,6 +62,11 @@ pub struct Sources {
     owner: HashMap<String, PathBuf>,
     /// The files holding EndpointSlices of each Service (`namespace/name`).
     slice_files: HashMap<String, BTreeSet<PathBuf>>,
+    /// Services with a selector, filed under one `(namespace, key, value)` of it: a pod can only
+    /// match the Services filed under one of its own labels.
+    by_label: HashMap<Label, BTreeSet<String>>,
+    /// Where each Service with a selector is filed in `by_label`.
+    label_of: HashMap<String, Label>,
     /// No duplicate object and no VIP:port clash: per-Service updates equal a full derive.
     exact: bool,
 }
@@ -80,6 +85,8 @@ impl Sources {
             endpoints: 0,
             owner: HashMap::new(),
             slice_files: HashMap::new(),
+            by_label: HashMap::new(),
+            label_of: HashMap::new(),
             exact: false,
         }
     }
@@ -135,22 +142,60 @@ impl Sources {
         change
     }
 
-    /// The Services with a selector that matches one of `pods`.
-    fn selecting<'a>(&self, pods: impl Iterator<Item = &'a Pod> + Clone) -> BTreeSet<String> {
+    /// The Services with a selector that matches one of `pods`: only those filed under the
+    /// pods' labels are looked at.
+    fn selecting<'a>(&self, pods: impl Iterator<Item = &'a Pod>) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        for file in self.files.values() {
-            for o in &file.objects {
-                if let Object::Service(s) = o {
-                    if s.selector
-                        .as_ref()
-                        .is_some_and(|sel| pods.clone().any(|pod| pod.matches(&s.namespace, sel)))
-                    {
-                        out.insert(service_name(&s.namespace, &s.name));
+        for pod in pods {
+            for (k, v) in &pod.labels {
+                let label = (pod.namespace.clone(), k.clone(), v.clone());
+                for name in self.by_label.get(&label).into_iter().flatten() {
+                    let selects = self.service(name).and_then(|s| {
+                        s.selector
+                            .as_ref()
+                            .map(|sel| pod.matches(&s.namespace, sel))
+                    });
+                    if selects == Some(true) {
+                        out.insert(name.clone());
                     }
                 }
             }
         }
         out
+    }
+
+    /// The definition in effect of Service `name` (`namespace/name`).
+    fn service(&self, name: &str) -> Option<&Service> {
+        let file = self
+            .files
+            .get(self.owner.get(&format!("Service {name}"))?)?;
+        file.objects.iter().find_map(|o| match o {
+            Object::Service(s) if service_name(&s.namespace, &s.name) == name => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Files Service `name` in `by_label` under its current definition (or removes it).
+    fn index_selector(&mut self, name: &str) {
+        if let Some(old) = self.label_of.remove(name) {
+            if let Some(names) = self.by_label.get_mut(&old) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_label.remove(&old);
+                }
+            }
+        }
+        let label = self.service(name).and_then(|s| {
+            let (k, v) = s.selector.as_ref()?.iter().next()?;
+            Some((s.namespace.clone(), k.clone(), v.clone()))
+        });
+        if let Some(label) = label {
+            self.by_label
+                .entry(label.clone())
+                .or_default()
+                .insert(name.to_string());
+            self.label_of.insert(name.to_string(), label);
+        }
     }
 
     /// What file `p` holds for the indexes: object ids, Services it names (its Services and the
@@ -203,6 +248,9 @@ impl Sources {
         }
         let mut names = before.names;
         names.extend(now.names);
+        for n in &names {
+            self.index_selector(n);
+        }
         names
     }
 
@@ -366,6 +414,8 @@ impl Sources {
         self.owner.clear();
         self.slice_files.clear();
         self.keys_of.clear();
+        self.by_label.clear();
+        self.label_of.clear();
         for (path, file) in &self.files {
             for o in &file.objects {
                 self.owner
@@ -384,6 +434,10 @@ impl Sources {
                     }
                 }
             }
+        }
+        let names: Vec<String> = self.keys_of.keys().cloned().collect();
+        for n in &names {
+            self.index_selector(n);
         }
         self.loop_refs.clear();
         for (key, s) in &desired.services {
@@ -462,17 +516,10 @@ impl Sources {
         let mut services: Vec<&Service> = Vec::new();
         let mut slices: Vec<&EndpointSlice> = Vec::new();
         for name in names {
-            let objects = |path: Option<&PathBuf>| {
-                path.and_then(|p| self.files.get(p))
-                    .map_or(&[][..], |f| &f.objects[..])
-            };
-            let id = format!("Service {name}");
-            services.extend(objects(self.owner.get(&id)).iter().filter_map(|o| match o {
-                Object::Service(s) if service_name(&s.namespace, &s.name) == *name => Some(s),
-                _ => None,
-            }));
+            services.extend(self.service(name));
             for p in self.slice_files.get(name).into_iter().flatten() {
-                slices.extend(objects(Some(p)).iter().filter_map(|o| match o {
+                let objects = self.files.get(p).map_or(&[][..], |f| &f.objects[..]);
+                slices.extend(objects.iter().filter_map(|o| match o {
                     Object::EndpointSlice(e)
                         if service_name(&e.namespace, &e.service_name) == *name =>
                     {
@@ -491,6 +538,9 @@ impl Sources {
         (conflicts.is_empty().then_some(part), keys)
     }
 }
+
+/// A `(namespace, label key, label value)` a selector asks for.
+type Label = (String, String, String);
 
 /// The virtual services of each Service (`namespace/name`).
 type KeysOf = Vec<(String, Vec<ServiceKey>)>;

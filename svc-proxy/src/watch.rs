@@ -2,6 +2,7 @@
 //! turn into [`Event::Path`]s for the controller.
 
 use crate::controller::Event;
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,18 +18,32 @@ pub struct Watches {
 impl Watches {
     /// Watches each manifest directory, the directory of each manifest file (editors and
     /// `kubectl`-style tools replace files by rename), and the attachment records recursively.
+    /// A lost event (the kernel's inotify queue overflowed) rescans every input.
     pub fn start(
         manifests: &[PathBuf],
         attachments: &Path,
         tx: Sender<Event>,
     ) -> notify::Result<Watches> {
+        let roots: Vec<PathBuf> = manifests
+            .iter()
+            .chain(std::iter::once(&attachments.to_path_buf()))
+            .cloned()
+            .collect();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) => {
+                Ok(ev) if ev.need_rescan() => {
+                    log::warn!("file watch lost events; rescanning every input");
+                    for p in &roots {
+                        let _ = tx.send(Event::Path(p.clone()));
+                    }
+                }
+                Ok(ev) if changes_content(&ev.kind) => {
+                    log::trace!("watch: {:?} {:?}", ev.kind, ev.paths);
                     for p in ev.paths {
                         let _ = tx.send(Event::Path(p));
                     }
                 }
+                Ok(_) => {}
                 Err(e) => log::warn!("file watch: {e}"),
             })?;
         let mut dirs = BTreeSet::new();
@@ -72,5 +87,110 @@ impl Watches {
                 self.attachments.display()
             ),
         }
+    }
+}
+
+/// Whether an event can mean changed content. Opening and reading are not: the daemon's own
+/// reads of its inputs raise them (inotify reports every open), and following those would make
+/// every read trigger another.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{Change, Sources};
+    use std::time::Duration;
+
+    fn service(i: usize, endpoint: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{clusterIP: 10.96.0.{i}, ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n- addresses: [{endpoint}]\n"
+        )
+    }
+
+    /// Paths reported until the watch is quiet for 300 ms.
+    fn drain(rx: &std::sync::mpsc::Receiver<Event>) -> BTreeSet<PathBuf> {
+        let mut paths = BTreeSet::new();
+        while let Ok(Event::Path(p)) = rx.recv_timeout(Duration::from_millis(300)) {
+            paths.insert(p);
+        }
+        paths
+    }
+
+    /// What the watch reports for one edit, what the sources make of it, and what the watch
+    /// reports after the sources read it (nothing, or every read would cause another).
+    fn edit(
+        tag: &str,
+        write: impl FnOnce(&Path),
+    ) -> (BTreeSet<PathBuf>, Change, BTreeSet<PathBuf>) {
+        let dir =
+            std::env::temp_dir().join(format!("svc-proxy-watch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("m")).unwrap();
+        for i in 1..=3 {
+            std::fs::write(dir.join(format!("m/s{i}.yaml")), service(i, "10.1.0.1")).unwrap();
+        }
+        let mut sources = Sources::new(vec![dir.join("m")], dir.join("state"));
+        sources.rescan();
+        sources.derive_all("rr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _w = Watches::start(&[dir.join("m")], &dir.join("state"), tx).unwrap();
+        write(&dir.join("m"));
+        let paths = drain(&rx);
+        let change = sources.paths_changed(&paths);
+        // What a directory event costs: a rescan, which opens the directory.
+        sources.paths_changed(&BTreeSet::from([dir.join("m")]));
+        let echo = drain(&rx);
+        let _ = std::fs::remove_dir_all(&dir);
+        (paths, change, echo)
+    }
+
+    #[test]
+    fn replacing_a_file_by_rename_re_derives_only_its_service() {
+        let (paths, change, echo) = edit("rename", |m| {
+            std::fs::write(m.join(".s2.tmp"), service(2, "10.1.0.9")).unwrap();
+            std::fs::rename(m.join(".s2.tmp"), m.join("s2.yaml")).unwrap();
+        });
+        assert_eq!(
+            change,
+            Change::Services(BTreeSet::from(["default/s2".to_string()])),
+            "{paths:?}"
+        );
+        assert_eq!(echo, BTreeSet::new(), "reading the inputs woke the watch");
+    }
+
+    #[test]
+    fn writing_a_file_in_place_re_derives_only_its_service() {
+        let (paths, change, echo) = edit("in-place", |m| {
+            std::fs::write(m.join("s3.yaml"), service(3, "10.1.0.9")).unwrap();
+        });
+        assert_eq!(
+            change,
+            Change::Services(BTreeSet::from(["default/s3".to_string()])),
+            "{paths:?}"
+        );
+        assert_eq!(echo, BTreeSet::new(), "reading the inputs woke the watch");
+    }
+
+    #[test]
+    fn only_content_events_count() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind};
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_content(&EventKind::Remove(RemoveKind::File)));
     }
 }

@@ -63,80 +63,99 @@ fn add(f: &Flavor, node: &Node, config: &Value, pod: &Pod) -> (Value, AddResult)
     (result, r)
 }
 
+/// A node with one pod ADDed (fields in drop order: the pod's namespace goes before the node's).
+struct Added {
+    result: Value,
+    r: AddResult,
+    config: Value,
+    pod: Pod,
+    node: Node,
+    f: Flavor,
+}
+
+fn added(tag: &str) -> Added {
+    let f = Flavor::cni_bridge();
+    let node = Node::new(&format!("{tag}-node"));
+    let pod = node.pod(&format!("{tag}-pod"));
+    let config = config(&f, &node);
+    let (result, r) = add(&f, &node, &config, &pod);
+    Added {
+        result,
+        r,
+        config,
+        pod,
+        node,
+        f,
+    }
+}
+
+impl Added {
+    /// DEL with the previous result, as containerd's CRI sends it first.
+    fn del_with_prev_result(&self) {
+        self.node
+            .del(
+                &self.f.plugin,
+                &with_prev_result(&self.config, &self.result),
+                &self.pod,
+            )
+            .success_empty();
+    }
+
+    /// DEL with an empty CNI_NETNS, as containerd sends it once the sandbox is gone.
+    fn del_without_netns(&self) {
+        self.node
+            .invoke(&self.f.plugin, "DEL")
+            .container_id(&self.pod.id)
+            .netns("")
+            .ifname("eth0")
+            .config(&self.config)
+            .run()
+            .success_empty();
+    }
+}
+
 /// containerd's CRI: DEL with netns and prevResult, then again with neither.
 #[test]
 fn del_twice_as_cri_sends_it() {
-    let f = Flavor::cni_bridge();
-    let node = Node::new("del2-node");
-    let pod = node.pod("del2-pod");
-    let config = config(&f, &node);
-    let (result, r) = add(&f, &node, &config, &pod);
-    node.del(&f.plugin, &with_prev_result(&config, &result), &pod)
-        .success_empty();
-    assert_released(&node, Some(&pod), &r);
-    node.invoke(&f.plugin, "DEL")
-        .container_id(&pod.id)
-        .netns("")
-        .ifname("eth0")
-        .config(&config)
-        .run()
-        .success_empty();
-    assert_released(&node, Some(&pod), &r);
+    let a = added("del2");
+    a.del_with_prev_result();
+    assert_released(&a.node, Some(&a.pod), &a.r);
+    a.del_without_netns();
+    assert_released(&a.node, Some(&a.pod), &a.r);
 }
 
 #[test]
 fn del_after_the_netns_is_gone() {
-    let f = Flavor::cni_bridge();
-    let node = Node::new("delgone-node");
-    let mut pod = node.pod("delgone-pod");
-    let config = config(&f, &node);
-    let (result, r) = add(&f, &node, &config, &pod);
-    pod.ns.delete();
-    node.del(&f.plugin, &with_prev_result(&config, &result), &pod)
-        .success_empty();
-    assert_released(&node, None, &r);
+    let mut a = added("delgone");
+    a.pod.ns.delete();
+    a.del_with_prev_result();
+    assert_released(&a.node, None, &a.r);
 }
 
 #[test]
 fn del_with_empty_netns_first() {
-    let f = Flavor::cni_bridge();
-    let node = Node::new("delempty-node");
-    let pod = node.pod("delempty-pod");
-    let config = config(&f, &node);
-    let (_, r) = add(&f, &node, &config, &pod);
-    node.invoke(&f.plugin, "DEL")
-        .container_id(&pod.id)
-        .netns("")
-        .ifname("eth0")
-        .config(&config)
-        .run()
-        .success_empty();
-    assert_released(&node, Some(&pod), &r);
+    let a = added("delempty");
+    a.del_without_netns();
+    assert_released(&a.node, Some(&a.pod), &a.r);
 }
 
 #[test]
 fn del_without_prev_result() {
-    let f = Flavor::cni_bridge();
-    let node = Node::new("delnoprev-node");
-    let pod = node.pod("delnoprev-pod");
-    let config = config(&f, &node);
-    let (_, r) = add(&f, &node, &config, &pod);
-    node.del(&f.plugin, &config, &pod).success_empty();
-    assert_released(&node, Some(&pod), &r);
+    let a = added("delnoprev");
+    a.node.del(&a.f.plugin, &a.config, &a.pod).success_empty();
+    assert_released(&a.node, Some(&a.pod), &a.r);
 }
 
 /// DEL of a container that never was ADDed succeeds and changes nothing.
 #[test]
 fn del_of_an_unknown_container_is_a_no_op() {
-    let f = Flavor::cni_bridge();
-    let node = Node::new("delnone-node");
-    let pod = node.pod("delnone-pod");
-    let config = config(&f, &node);
-    add(&f, &node, &config, &pod);
-    let stranger = node.pod("delnone-x");
-    let before = node.state();
-    node.del(&f.plugin, &config, &stranger).success_empty();
-    assert_eq!(node.state(), before);
+    let a = added("delnone");
+    let stranger = a.node.pod("delnone-x");
+    let before = a.node.state();
+    a.node
+        .del(&a.f.plugin, &a.config, &stranger)
+        .success_empty();
+    assert_eq!(a.node.state(), before);
 }
 
 /// Only the DELed attachment goes; its neighbours keep IP, set entry, veth and record.

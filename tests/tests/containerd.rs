@@ -252,19 +252,16 @@ fn assert_add_then_del(install: &CniInstall, ids: &[&str]) {
     }
 }
 
-#[test]
-fn ctr_run_cni_address_gateway_peer_then_everything_released() {
-    let _serial = exclusive();
-    let conflist = shipped_conflist();
-    let net = addressing(&conflist);
-    let node = Netns::new("ctrd");
-    let install = install_cni_bridge(&conflist);
-    let containerd = Containerd::start(&node);
-    containerd.import_image("default");
-
-    let (peer, peer_ip) = server(&containerd, "peer");
+/// Starts container `client` and checks from inside it: an address in the subnet (not the peer's),
+/// the default route via the gateway, the gateway answering ping, and the peer's HTTP server.
+/// The container stays up until [`Foreground::finish`].
+fn client_reaching(
+    containerd: &Containerd,
+    net: &Addressing,
+    peer_ip: Ipv4Addr,
+) -> (Foreground, Ipv4Addr) {
     let mut client = Foreground::start(
-        &containerd,
+        containerd,
         "client",
         &[
             "sh",
@@ -289,6 +286,21 @@ fn ctr_run_cni_address_gateway_peer_then_everything_released() {
     );
     assert_eq!(client.line(), "gateway-ok");
     assert_eq!(client.line(), "hello-from-peer");
+    (client, ip)
+}
+
+#[test]
+fn ctr_run_cni_address_gateway_peer_then_everything_released() {
+    let _serial = exclusive();
+    let conflist = shipped_conflist();
+    let net = addressing(&conflist);
+    let node = Netns::new("ctrd");
+    let install = install_cni_bridge(&conflist);
+    let containerd = Containerd::start(&node);
+    containerd.import_image("default");
+
+    let (peer, peer_ip) = server(&containerd, "peer");
+    let (client, ip) = client_reaching(&containerd, &net, peer_ip);
 
     let held_client = assert_held(&node, &install, &net, "default-client", ip);
     let held_peer = assert_held(&node, &install, &net, "default-peer", peer_ip);
@@ -562,23 +574,7 @@ fn ctr_run_cni_harness_baseline_with_reference_plugins() {
     containerd.import_image("default");
 
     let (peer, peer_ip) = server(&containerd, "peer");
-    let mut client = Foreground::start(
-        &containerd,
-        "client",
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "ip -4 -o addr show eth0; ping -c1 -W5 {gw} >/dev/null && echo gateway-ok; \
-                 wget -qO- http://{peer_ip}:8080/; read _ || :",
-                gw = net.gateway
-            ),
-        ],
-    );
-    let (ip, _) = parse_inet(&client.line());
-    assert!(net.subnet.contains(ip), "{ip} outside {}", net.subnet);
-    assert_eq!(client.line(), "gateway-ok");
-    assert_eq!(client.line(), "hello-from-peer");
+    let (client, ip) = client_reaching(&containerd, &net, peer_ip);
     let mut expected = vec![
         (peer_ip.to_string(), "default-peer\r\neth0".to_string()),
         (ip.to_string(), "default-client\r\neth0".to_string()),

@@ -49,6 +49,10 @@ struct Args {
     /// the previous one does not run during the next measurement.
     #[arg(long, default_value_t = 10)]
     settle: u64,
+    /// The daemon's log level in the latency cases; at `debug` or `trace` the last lines of its
+    /// log (the trials' timings) are printed after them.
+    #[arg(long, default_value = "warn")]
+    daemon_log_level: String,
     /// The svc-proxy binary.
     #[arg(long, default_value = "target/release/svc-proxy")]
     svc_proxy: PathBuf,
@@ -165,15 +169,19 @@ fn ipvs_ops(n: usize) -> Vec<ipvs::Op> {
     ops
 }
 
+/// The loop-back entry of endpoint `j` of service `i`.
+fn entry(i: usize, j: usize) -> Entry {
+    Entry::IpPortIp {
+        ip: IpAddr::V4(pod(i, j)),
+        proto: Protocol::Tcp,
+        port: 8080,
+        ip2: IpAddr::V4(pod(i, j)),
+    }
+}
+
 fn entries(n: usize) -> Vec<Entry> {
     (0..n)
-        .flat_map(|i| (0..ENDPOINTS).map(move |j| (i, j)))
-        .map(|(i, j)| Entry::IpPortIp {
-            ip: IpAddr::V4(pod(i, j)),
-            proto: Protocol::Tcp,
-            port: 8080,
-            ip2: IpAddr::V4(pod(i, j)),
-        })
+        .flat_map(|i| (0..ENDPOINTS).map(move |j| entry(i, j)))
         .collect()
 }
 
@@ -359,15 +367,20 @@ fn latency(args: &Args, n: usize) -> Result<Latency> {
                 "--metrics-address",
                 "off",
                 "--log-level",
-                "warn",
+                &args.daemon_log_level,
             ])
             .args(["--attachments", "/nonexistent"])
             .arg(&dir)
             .stderr(log)
             .spawn()?,
     );
+    // Converged: the last virtual service has its real servers, and the loop-back set (written
+    // after all of IPVS, in address order) has its last entry.
     let last = key(n - 1);
-    while ipvs.destinations(&last).map(|d| d.len()).unwrap_or(0) < ENDPOINTS {
+    let set = Ipset::open()?;
+    while ipvs.destinations(&last).map(|d| d.len()).unwrap_or(0) < ENDPOINTS
+        || !set.test(SET, &entry(n - 1, ENDPOINTS - 1)).unwrap_or(false)
+    {
         std::thread::sleep(Duration::from_millis(5));
         if t.elapsed() > Duration::from_secs(1800) {
             bail!("svc-proxy did not converge on {n} services");
@@ -401,6 +414,13 @@ fn latency(args: &Args, n: usize) -> Result<Latency> {
         secs(converged)
     );
     drop(daemon);
+    if matches!(args.daemon_log_level.as_str(), "debug" | "trace") {
+        let log = std::fs::read_to_string(args.work.join(format!("svc-proxy-{n}.log")))?;
+        let lines: Vec<&str> = log.lines().collect();
+        for line in &lines[lines.len().saturating_sub(8 * args.trials)..] {
+            eprintln!("   | {line}");
+        }
+    }
     let max = *samples.iter().max().context("no trials")?;
     Ok(Latency {
         n,

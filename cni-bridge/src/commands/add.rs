@@ -82,18 +82,7 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
             env.container_id,
             env.ifname
         );
-        release(
-            conf,
-            env,
-            &host,
-            Teardown {
-                container_id: &env.container_id,
-                ifname: &env.ifname,
-                record: Some(stale),
-                netns: None,
-            },
-        )
-        .await?;
+        release(conf, env, &host, Teardown::of(env, Some(stale), None)).await?;
     }
 
     let mut record = Attachment {
@@ -138,18 +127,7 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
                 env.container_id,
                 env.ifname
             );
-            if let Err(re) = release(
-                conf,
-                env,
-                &host,
-                Teardown {
-                    container_id: &env.container_id,
-                    ifname: &env.ifname,
-                    record: Some(record),
-                    netns: None,
-                },
-            )
-            .await
+            if let Err(re) = release(conf, env, &host, Teardown::of(env, Some(record), None)).await
             {
                 log::warn!("rollback incomplete: {re}");
             }

@@ -18,12 +18,7 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
             conf,
             env,
             &host,
-            Teardown {
-                container_id: &env.container_id,
-                ifname: &env.ifname,
-                record,
-                netns: env.netns.as_deref(),
-            },
+            Teardown::of(env, record, env.netns.as_deref()),
         )
         .await
     })?

@@ -49,6 +49,18 @@ pub struct Teardown<'a> {
     pub netns: Option<&'a Path>,
 }
 
+impl<'a> Teardown<'a> {
+    /// The attachment `env` names (its container ID and interface).
+    pub fn of(env: &'a Env, record: Option<Attachment>, netns: Option<&'a Path>) -> Teardown<'a> {
+        Teardown {
+            container_id: &env.container_id,
+            ifname: &env.ifname,
+            record,
+            netns,
+        }
+    }
+}
+
 /// Releases everything one attachment holds: set entries, host veth (and with it the pod
 /// end), IP reservations, then the record. Keeps going past failures and returns the first;
 /// the record stays when something failed, so a retry knows what is left.
