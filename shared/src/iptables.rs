@@ -56,6 +56,11 @@ impl Iptables {
         }
     }
 
+    /// The program run: `iptables` or `ip6tables`.
+    pub fn command(&self) -> &'static str {
+        self.program
+    }
+
     fn exec(&self, args: &[&str]) -> Result<Output, IptablesError> {
         Command::new(self.program)
             .arg("-w")

@@ -59,7 +59,7 @@ pub fn build(
                     ));
                     continue;
                 }
-                for ep in endpoints.iter().filter(|e| e.is_ipv4()) {
+                for ep in &endpoints {
                     desired
                         .loopback
                         .insert(LoopbackEntry::for_endpoint(*ep, port.protocol));
@@ -268,8 +268,21 @@ endpoints:
             .services
             .values()
             .all(|s| s.service.scheduler == "sh" && s.service.persistence == Some(10800)));
-        // IPv6 endpoints get no loop-back entry (the set is IPv4).
-        assert_eq!(d.loopback.len(), 2);
+        // One loop-back entry per endpoint and protocol:port, in the set of its family.
+        let entries: Vec<(String, &str)> = d
+            .loopback
+            .iter()
+            .map(|e| (e.to_string(), e.set()))
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                ("10.0.0.11,tcp:8080,10.0.0.11".into(), "SVCPROXY-LOOP-BACK"),
+                ("10.0.0.11,udp:53,10.0.0.11".into(), "SVCPROXY-LOOP-BACK"),
+                ("fd00::11,tcp:8080,fd00::11".into(), "SVCPROXY-6-LOOP-BACK"),
+                ("fd00::11,udp:53,fd00::11".into(), "SVCPROXY-6-LOOP-BACK"),
+            ]
+        );
     }
 
     #[test]

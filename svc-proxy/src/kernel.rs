@@ -1,11 +1,11 @@
 //! The real dataplane over `nodenet`: the dummy device and its addresses (rtnetlink), virtual
-//! services (IPVS generic netlink, pipelined), the loop-back set (ipset nfnetlink, pipelined),
-//! the one nat rule (`iptables`, checked per resync) and the sysctls.
+//! services (IPVS generic netlink, pipelined), the loop-back sets (ipset nfnetlink, pipelined),
+//! the one nat rule per family (`iptables`/`ip6tables`, checked per resync) and the sysctls.
 
 use crate::dataplane::{Dataplane, DataplaneError, Result};
 use crate::model::{
-    LoopbackEntry, Observed, ObservedDest, ObservedService, ServiceKey, VirtualService,
-    LOOPBACK_SET, POSTROUTING_CHAIN,
+    loopback_set, LoopbackEntry, Observed, ObservedDest, ObservedService, ServiceKey,
+    VirtualService, POSTROUTING_CHAIN,
 };
 use crate::plan::Op;
 use ipnetwork::IpNetwork;
@@ -22,15 +22,17 @@ pub const DEFAULT_DUMMY: &str = "svcproxy0";
 /// Room for 10,000 services x 5 endpoints many times over; the kernel default (65536) is tight.
 const LOOPBACK_MAXELEM: u32 = 1 << 20;
 /// The one rule in [`POSTROUTING_CHAIN`]: masquerade a pod reaching itself through a VIP.
-const MASQUERADE_RULE: &[&str] = &[
-    "-m",
-    "set",
-    "--match-set",
-    LOOPBACK_SET,
-    "dst,dst,src",
-    "-j",
-    "MASQUERADE",
-];
+fn masquerade_rule(set: &'static str) -> [&'static str; 7] {
+    [
+        "-m",
+        "set",
+        "--match-set",
+        set,
+        "dst,dst,src",
+        "-j",
+        "MASQUERADE",
+    ]
+}
 /// Sysctls the scenario needs, always (kube-proxy's IPVS-mode settings).
 const SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.vs.conntrack", "1"),
@@ -38,7 +40,10 @@ const SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.vs.expire_quiescent_template", "1"),
     ("net.ipv4.ip_forward", "1"),
 ];
+/// The same once IPv6 is in use.
+const SYSCTLS6: &[(&str, &str)] = &[("net.ipv6.conf.all.forwarding", "1")];
 const BRIDGE_NF_CALL_IPTABLES: &str = "net.bridge.bridge-nf-call-iptables";
+const BRIDGE_NF_CALL_IP6TABLES: &str = "net.bridge.bridge-nf-call-ip6tables";
 
 /// Kernel state in the calling thread's network namespace.
 pub struct Kernel {
@@ -50,18 +55,22 @@ pub struct Kernel {
     ipvs: Option<Ipvs>,
     ipset: Ipset,
     iptables: Iptables,
+    iptables6: Iptables,
+    /// IPv6 loop-back in use (an IPv6 endpoint was applied, or its set was found): its set,
+    /// rule and sysctls are ensured along with the IPv4 ones.
+    v6: bool,
     /// Index of the dummy device once ensured or found.
     dummy_index: Option<u32>,
     /// The missing-`br_netfilter` warning is logged once.
     warned_bridge: bool,
-    /// The running iptables check, if any.
-    rules_check: Option<std::thread::JoinHandle<()>>,
+    /// The running iptables check, if any, and whether it covers IPv6.
+    rules_check: Option<(std::thread::JoinHandle<()>, bool)>,
 }
 
 impl Drop for Kernel {
     /// Lets a started rules check finish (`--once` exits right after its sync).
     fn drop(&mut self) {
-        if let Some(h) = self.rules_check.take() {
+        if let Some((h, _)) = self.rules_check.take() {
             let _ = h.join();
         }
     }
@@ -107,6 +116,8 @@ impl Kernel {
             ipvs,
             ipset,
             iptables: Iptables::new(Family::V4),
+            iptables6: Iptables::new(Family::V6),
+            v6: false,
             dummy_index: None,
             warned_bridge: false,
             rules_check: None,
@@ -155,6 +166,11 @@ impl Kernel {
         for (key, value) in SYSCTLS {
             set(key, value);
         }
+        if self.v6 {
+            for (key, value) in SYSCTLS6 {
+                set(key, value);
+            }
+        }
         match sysctl::read("kernel.osrelease") {
             Ok(release) if needs_conn_reuse_mode_0(&release) => {
                 set("net.ipv4.vs.conn_reuse_mode", "0")
@@ -164,44 +180,100 @@ impl Kernel {
                 log::warn!("kernel version unknown ({e}); net.ipv4.vs.conn_reuse_mode left as is")
             }
         }
-        match sysctl::read(BRIDGE_NF_CALL_IPTABLES) {
-            Ok(v) if v == "1" => {}
-            Ok(_) => match sysctl::write(BRIDGE_NF_CALL_IPTABLES, "1") {
-                Ok(()) => log::info!(
-                    "set {BRIDGE_NF_CALL_IPTABLES}=1 (replies from a pod on the same bridge must pass conntrack)"
-                ),
+        let bridge_keys: &[&str] = if self.v6 {
+            &[BRIDGE_NF_CALL_IPTABLES, BRIDGE_NF_CALL_IP6TABLES]
+        } else {
+            &[BRIDGE_NF_CALL_IPTABLES]
+        };
+        for key in bridge_keys {
+            match sysctl::read(key) {
+                Ok(v) if v == "1" => {}
+                Ok(_) => match sysctl::write(key, "1") {
+                    Ok(()) => log::info!(
+                        "set {key}=1 (replies from a pod on the same bridge must pass conntrack)"
+                    ),
+                    Err(e) => {
+                        first.get_or_insert(err("sysctl")(&e));
+                    }
+                },
+                Err(SysctlError::NotFound(_)) if !self.warned_bridge => {
+                    self.warned_bridge = true;
+                    log::warn!(
+                        "{key} does not exist (br_netfilter not loaded): a pod cannot reach a VIP \
+                         served by a pod on the same bridge until it is"
+                    );
+                }
+                Err(SysctlError::NotFound(_)) => {}
                 Err(e) => {
                     first.get_or_insert(err("sysctl")(&e));
                 }
-            },
-            Err(SysctlError::NotFound(_)) if !self.warned_bridge => {
-                self.warned_bridge = true;
-                log::warn!(
-                    "{BRIDGE_NF_CALL_IPTABLES} does not exist (br_netfilter not loaded): a pod cannot reach a VIP \
-                     served by a pod on the same bridge until it is"
-                );
-            }
-            Err(SysctlError::NotFound(_)) => {}
-            Err(e) => {
-                first.get_or_insert(err("sysctl")(&e));
             }
         }
         first.map_or(Ok(()), Err)
     }
 
+    /// Creates the loop-back set of one family unless it exists.
+    fn ensure_set(&mut self, v6: bool) -> Result<()> {
+        let name = loopback_set(v6);
+        let family = if v6 {
+            ipset::Family::V6
+        } else {
+            ipset::Family::V4
+        };
+        let mut spec = SetSpec::new(name, SetType::HashIpPortIp, family);
+        spec.maxelem = Some(LOOPBACK_MAXELEM);
+        if self
+            .ipset
+            .create(&spec)
+            .map_err(|e| err("loop-back set")(&e))?
+        {
+            log::info!(
+                "created ipset {name} (hash:ip,port,ip, {})",
+                family.as_str()
+            );
+        }
+        Ok(())
+    }
+
+    /// Turns IPv6 loop-back on: its set, rule and sysctls, now and at every resync.
+    fn enable_v6(&mut self) -> Result<()> {
+        if self.v6 {
+            return Ok(());
+        }
+        self.ensure_set(true)?;
+        self.v6 = true;
+        log::info!("IPv6 endpoints: ensuring the IPv6 loop-back set, rule and sysctls too");
+        self.check_rules();
+        if let Err(e) = self.ensure_sysctls() {
+            log::error!("{e}");
+        }
+        Ok(())
+    }
+
     /// Starts a check of the iptables rules on a thread of its own unless one is running: each
     /// check execs iptables a few times, which must not hold up the reconcile loop.
+    /// A running check that does not cover IPv6 when it is needed is waited for and followed by
+    /// one that does.
     fn check_rules(&mut self) {
-        if let Some(h) = self.rules_check.take_if(|h| h.is_finished()) {
+        let v6 = self.v6;
+        if let Some((h, _)) = self
+            .rules_check
+            .take_if(|(h, covers_v6)| h.is_finished() || (v6 && !*covers_v6))
+        {
             let _ = h.join();
         }
         if self.rules_check.is_none() {
             let ipt = self.iptables.clone();
-            self.rules_check = Some(std::thread::spawn(move || {
-                if let Err(e) = ensure_rules(&ipt) {
-                    log::error!("{e}");
+            let ipt6 = self.iptables6.clone();
+            let handle = std::thread::spawn(move || {
+                let checks = [(&ipt, false), (&ipt6, true)];
+                for (ipt, family_v6) in checks.into_iter().filter(|(_, f)| v6 || !f) {
+                    if let Err(e) = ensure_rules(ipt, loopback_set(family_v6)) {
+                        log::error!("{e}");
+                    }
                 }
-            }));
+            });
+            self.rules_check = Some((handle, v6));
         }
     }
 
@@ -241,40 +313,44 @@ impl Kernel {
             .collect()
     }
 
+    /// One batch per set and direction (adds and deletes of IPv4 and of IPv6 entries).
     fn apply_loopback(&mut self, ops: &[Op]) -> Vec<Result<()>> {
-        let mut add = Vec::new();
-        let mut del = Vec::new();
+        let entry = |op: &Op| match op {
+            Op::AddLoopback(e) => (true, *e),
+            Op::DelLoopback(e) => (false, *e),
+            _ => unreachable!("only loop-back operations are batched here"),
+        };
+        let mut batches: BTreeMap<(bool, bool), Vec<Entry>> = BTreeMap::new();
         for op in ops {
-            match op {
-                Op::AddLoopback(e) => add.push(to_entry(e)),
-                Op::DelLoopback(e) => del.push(to_entry(e)),
-                _ => unreachable!("only loop-back operations are batched here"),
-            }
+            let (add, e) = entry(op);
+            batches
+                .entry((e.ip.is_ipv6(), add))
+                .or_default()
+                .push(to_entry(&e));
         }
-        let added = if add.is_empty() {
-            Ok(0)
-        } else {
-            self.ipset.add_many(LOOPBACK_SET, &add)
-        };
-        let deleted = if del.is_empty() {
-            Ok(0)
-        } else {
-            self.ipset.del_many(LOOPBACK_SET, &del)
-        };
-        // The batch reports its first refusal; every entry of a failed batch is retried.
+        let mut done = BTreeMap::new();
+        for ((v6, add), entries) in &batches {
+            let r = match (v6, add) {
+                (true, true) => self
+                    .enable_v6()
+                    .and_then(|()| ipset_result(self.ipset.add_many(loopback_set(true), entries))),
+                (_, true) => ipset_result(self.ipset.add_many(loopback_set(*v6), entries)),
+                (_, false) => ipset_result(self.ipset.del_many(loopback_set(*v6), entries)),
+            };
+            done.insert((*v6, *add), r);
+        }
+        // A batch reports its first refusal; every entry of a failed batch is retried.
         ops.iter()
             .map(|op| {
-                let r = if matches!(op, Op::AddLoopback(_)) {
-                    &added
-                } else {
-                    &deleted
-                };
-                r.as_ref()
-                    .map(|_| ())
-                    .map_err(|e| DataplaneError(e.to_string()))
+                let (add, e) = entry(op);
+                done[&(e.ip.is_ipv6(), add)].clone()
             })
             .collect()
     }
+}
+
+fn ipset_result(r: std::result::Result<usize, ipset::Error>) -> Result<()> {
+    r.map(|_| ()).map_err(|e| DataplaneError(e.to_string()))
 }
 
 /// Which batch an operation goes out in.
@@ -368,8 +444,10 @@ fn is_link_local(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
-/// Ensures the nat chain, its one rule and the jump from POSTROUTING (`iptables -C`, then `-N`/`-A`).
-fn ensure_rules(ipt: &Iptables) -> Result<()> {
+/// Ensures the nat chain, its one rule (matching `set`) and the jump from POSTROUTING
+/// (`iptables -C`, then `-N`/`-A`; `ip6tables` for the IPv6 set).
+fn ensure_rules(ipt: &Iptables, set: &'static str) -> Result<()> {
+    let rule = masquerade_rule(set);
     let rule_err = |e: &dyn std::fmt::Display| DataplaneError::new("iptables", e);
     if ipt
         .ensure_chain("nat", POSTROUTING_CHAIN)
@@ -378,12 +456,13 @@ fn ensure_rules(ipt: &Iptables) -> Result<()> {
         log::info!("created nat chain {POSTROUTING_CHAIN}");
     }
     if ipt
-        .ensure_rule("nat", POSTROUTING_CHAIN, MASQUERADE_RULE, Position::Append)
+        .ensure_rule("nat", POSTROUTING_CHAIN, &rule, Position::Append)
         .map_err(|e| rule_err(&e))?
     {
         log::info!(
-            "added -t nat -A {POSTROUTING_CHAIN} {}",
-            MASQUERADE_RULE.join(" ")
+            "added -t nat -A {POSTROUTING_CHAIN} {} ({})",
+            rule.join(" "),
+            ipt.command()
         );
     }
     if ipt
@@ -395,7 +474,10 @@ fn ensure_rules(ipt: &Iptables) -> Result<()> {
         )
         .map_err(|e| rule_err(&e))?
     {
-        log::info!("added -t nat -A POSTROUTING -j {POSTROUTING_CHAIN}");
+        log::info!(
+            "added -t nat -A POSTROUTING -j {POSTROUTING_CHAIN} ({})",
+            ipt.command()
+        );
     }
     Ok(())
 }
@@ -418,14 +500,9 @@ impl Dataplane for Kernel {
             .block_on(self.rtnl.ensure_dummy(&self.dummy))
             .map_err(|e| err(format!("dummy device {}", self.dummy))(&e))?;
         self.dummy_index = Some(link.index);
-        let mut spec = SetSpec::new(LOOPBACK_SET, SetType::HashIpPortIp, ipset::Family::V4);
-        spec.maxelem = Some(LOOPBACK_MAXELEM);
-        if self
-            .ipset
-            .create(&spec)
-            .map_err(|e| err("loop-back set")(&e))?
-        {
-            log::info!("created ipset {LOOPBACK_SET} (hash:ip,port,ip)");
+        self.ensure_set(false)?;
+        if self.v6 {
+            self.ensure_set(true)?;
         }
         self.check_rules();
         self.ensure_sysctls()
@@ -461,9 +538,17 @@ impl Dataplane for Kernel {
         }
         let entries = self
             .ipset
-            .list(LOOPBACK_SET)
+            .list(loopback_set(false))
             .map_err(|e| err("listing the loop-back set")(&e))?;
-        for e in entries.unwrap_or_default() {
+        let entries6 = self
+            .ipset
+            .list(loopback_set(true))
+            .map_err(|e| err("listing the IPv6 loop-back set")(&e))?;
+        if entries6.is_some() && !self.v6 {
+            // Adopted from an earlier run: keep its rule and sysctls ensured too.
+            self.enable_v6()?;
+        }
+        for e in entries.into_iter().chain(entries6).flatten() {
             if let Entry::IpPortIp {
                 ip,
                 proto,
@@ -533,24 +618,27 @@ impl Dataplane for Kernel {
                 first.get_or_insert(DataplaneError(format!("removing {what}: {e}")));
             }
         };
-        if let Some(h) = self.rules_check.take() {
+        if let Some((h, _)) = self.rules_check.take() {
             let _ = h.join();
         }
-        let ipt = &self.iptables;
-        note(
-            &format!("-t nat POSTROUTING -j {POSTROUTING_CHAIN}"),
-            ipt.delete_rule("nat", "POSTROUTING", &["-j", POSTROUTING_CHAIN])
-                .map_err(|e| e.to_string()),
-        );
-        note(
-            &format!("nat chain {POSTROUTING_CHAIN}"),
-            ipt.delete_chain("nat", POSTROUTING_CHAIN)
-                .map_err(|e| e.to_string()),
-        );
-        note(
-            &format!("ipset {LOOPBACK_SET}"),
-            self.ipset.destroy(LOOPBACK_SET).map_err(|e| e.to_string()),
-        );
+        for (ipt, v6) in [(&self.iptables, false), (&self.iptables6, true)] {
+            let cmd = ipt.command();
+            note(
+                &format!("{cmd} -t nat POSTROUTING -j {POSTROUTING_CHAIN}"),
+                ipt.delete_rule("nat", "POSTROUTING", &["-j", POSTROUTING_CHAIN])
+                    .map_err(|e| e.to_string()),
+            );
+            note(
+                &format!("{cmd} nat chain {POSTROUTING_CHAIN}"),
+                ipt.delete_chain("nat", POSTROUTING_CHAIN)
+                    .map_err(|e| e.to_string()),
+            );
+            let set = loopback_set(v6);
+            note(
+                &format!("ipset {set}"),
+                self.ipset.destroy(set).map_err(|e| e.to_string()),
+            );
+        }
         match self.dummy_addresses() {
             Ok(addresses) => {
                 if let Some(ipvs) = &self.ipvs {

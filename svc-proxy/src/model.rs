@@ -8,9 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Scheduler used when neither the Service annotation nor `--scheduler` names one.
 pub const DEFAULT_SCHEDULER: &str = "rr";
-/// The loop-back set: `podIP,proto:port,podIP` for every endpoint (hairpin masquerade).
+/// The loop-back set: `podIP,proto:port,podIP` for every IPv4 endpoint (hairpin masquerade).
 pub const LOOPBACK_SET: &str = "SVCPROXY-LOOP-BACK";
-/// The nat chain holding the one MASQUERADE rule that matches [`LOOPBACK_SET`].
+/// The loop-back set of IPv6 endpoints (a set holds one address family); created with the first
+/// IPv6 endpoint, so an IPv4-only node never gets IPv6 state.
+pub const LOOPBACK_SET6: &str = "SVCPROXY-6-LOOP-BACK";
+/// The nat chain (iptables, and ip6tables once IPv6 is in use) holding the one MASQUERADE rule
+/// that matches the family's loop-back set.
 pub const POSTROUTING_CHAIN: &str = "SVCPROXY-POSTROUTING";
 /// Weight of a serving real server; draining ones get 0.
 pub const ENDPOINT_WEIGHT: u32 = 1;
@@ -72,6 +76,20 @@ impl LoopbackEntry {
             port: endpoint.port(),
             ip2: endpoint.ip(),
         }
+    }
+
+    /// The set this entry belongs in.
+    pub fn set(&self) -> &'static str {
+        loopback_set(self.ip.is_ipv6())
+    }
+}
+
+/// The loop-back set of one address family.
+pub fn loopback_set(v6: bool) -> &'static str {
+    if v6 {
+        LOOPBACK_SET6
+    } else {
+        LOOPBACK_SET
     }
 }
 

@@ -441,7 +441,7 @@ impl Sources {
         }
         self.loop_refs.clear();
         for (key, s) in &desired.services {
-            for ep in s.endpoints.iter().filter(|e| e.is_ipv4()) {
+            for ep in &s.endpoints {
                 *self
                     .loop_refs
                     .entry(LoopbackEntry::for_endpoint(*ep, key.protocol))
@@ -471,7 +471,7 @@ impl Sources {
                     continue;
                 };
                 self.endpoints -= old.endpoints.len();
-                for ep in old.endpoints.iter().filter(|e| e.is_ipv4()) {
+                for ep in &old.endpoints {
                     let entry = LoopbackEntry::for_endpoint(*ep, key.protocol);
                     subset.loopback.insert(entry);
                     let refs = self.loop_refs.entry(entry).or_default();
@@ -495,7 +495,7 @@ impl Sources {
         for (key, s) in part.services {
             subset.keys.insert(key);
             self.endpoints += s.endpoints.len();
-            for ep in s.endpoints.iter().filter(|e| e.is_ipv4()) {
+            for ep in &s.endpoints {
                 let entry = LoopbackEntry::for_endpoint(*ep, key.protocol);
                 subset.loopback.insert(entry);
                 *self.loop_refs.entry(entry).or_default() += 1;
@@ -605,11 +605,19 @@ pub fn listing(desired: &Desired) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "loop-back set {}: {} entries",
-        crate::model::LOOPBACK_SET,
-        desired.loopback.len()
-    );
+    for v6 in [false, true] {
+        let n = desired
+            .loopback
+            .iter()
+            .filter(|e| e.ip.is_ipv6() == v6)
+            .count();
+        if n > 0 || !v6 {
+            let _ = writeln!(
+                out,
+                "loop-back set {}: {n} entries",
+                crate::model::loopback_set(v6)
+            );
+        }
+    }
     out
 }

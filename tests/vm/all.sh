@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every VM test, in one boot (boots dominate the run time): the seed article's commands, nodenet's
-# IPVS kernel tests, then the scenario end to end with the project's binaries. Each runs in
-# namespaces of its own.
+# IPVS kernel tests, then the scenario end to end with the project's binaries (IPv4), and its
+# Service over IPv6. Each runs in namespaces of its own.
 #   tests/vm/run.sh tests/vm/all.sh
 # IPVS_TEST_BIN names the prebuilt `ipvs_kernel` test binary (scripts/test.sh passes it); without
 # it the newest one under the target directory is used. Build it first:
@@ -35,6 +35,7 @@ run() {
 run seed-scenario "$here/seed-scenario.sh"
 run ipvs-kernel ipvs_kernel_tests
 run e2e-scenario "$here/e2e-scenario.sh"
+run e2e-ipv6 "$here/e2e-ipv6.sh"
 
 if ((${#failed[@]})); then
 	echo "failed: ${failed[*]}"

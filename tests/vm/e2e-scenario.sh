@@ -53,8 +53,6 @@ N_exec() { ip netns exec "$node" "$@"; }
 # A setup step that fails makes every later check meaningless.
 run() { "$@" || { fail "setup: '$*' failed"; show_proxy_log; finish; }; }
 show_proxy_log() { [ -f "$work/svc-proxy.log" ] && { echo "--- svc-proxy log (tail)"; tail -n 30 "$work/svc-proxy.log"; }; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 # cni VERB POD [IP]: cni-bridge as the runtime calls it, from the node namespace.
 cni() {
@@ -70,25 +68,6 @@ cni() {
 EOF
 }
 
-# The runtime's part of a pod: its namespace and its server, listening before the network is added
-# (the server starts slowly under emulation, and a pod is an endpoint as soon as it is attached).
-start_pod() {
-	local pod=$1 i
-	ip netns add "$tag-$pod" || return 1
-	# Not through a shell function: $! must be the server itself, so that kill reaches it.
-	nsenter --net="/run/netns/$tag-$pod" python3 "$here/pod-server.py" "$pod" >"$work/$pod.log" 2>&1 &
-	server_pid[$pod]=$!
-	for ((i = 0; i < 600; i++)); do
-		[ -n "$(in_ns "$tag-$pod" ss -Hltn 'sport = :8080')" ] && return 0
-		sleep 0.2
-	done
-	echo "start_pod: $pod's server never listened" >&2
-	return 1
-}
-
-# The pod's address as cni-bridge's ADD result reports it.
-result_ip() { python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])' <"$1"; }
-
 # "ADDR:PORT WEIGHT" per real server of the VIP's virtual service; nothing when it does not exist.
 real_servers() {
 	N ipvsadm -Ln -t "$vip:8080" 2>/dev/null | awk '$1 == "->" && $2 ~ /^[0-9]/ { print $2, $4 }' | sort
@@ -97,35 +76,6 @@ real_servers() {
 # Only the real servers that get new connections (weight above 0; a removed TCP endpoint drains
 # at weight 0 until its connections are gone).
 active_servers() { real_servers | awk '$2 > 0'; }
-
-# wait_until SECS CMD...: polls CMD until it succeeds; fails once SECS have passed (a bound on a
-# stall, not the assertion).
-wait_until() {
-	local end=$((SECONDS + $1))
-	shift
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < end)) || return 1
-		sleep 0.2
-	done
-}
-
-# requests NETNS COUNT: COUNT sequential requests to the VIP, each on a new connection, from one curl
-# process (start-up dominates under emulation); prints each answer, "-" for a failed one, and with
-# SCENARIO_VERBOSE=1 also one line per request on stderr.
-requests() {
-	local urls=() i=0 a
-	for ((i = 0; i < $2; i++)); do urls+=("http://$vip:8080/"); done
-	i=0
-	in_ns "$1" curl -sS --connect-timeout 5 --max-time 10 -H 'Connection: close' -w '%{http_code}\n' "${urls[@]}" 2>/dev/null |
-		awk '/^[0-9][0-9][0-9]$/ { print ($1 == 200 && body != "" ? body : "-"); body = ""; next } { body = $0 }' |
-		while read -r a; do
-			i=$((i + 1))
-			[ "${SCENARIO_VERBOSE:-}" = 1 ] && echo "    curl $vip:8080 from ${1#"$tag-"} #$i -> $a" >&2
-			echo "$a"
-		done
-}
-# Prints "name=count ..." for a list of answers.
-tally() { sort | uniq -c | awk '{ printf "%s%s=%d", (NR > 1 ? " " : ""), $2, $1 }'; }
 
 section "node namespace $node: loopback, a dummy uplink and a default route (a real node's network)"
 run ip netns add "$node"
@@ -166,6 +116,7 @@ echo "virtual service with both real servers after $(since "$t0") s"
 N ipvsadm -Ln -t "$vip:8080"
 check "VIP $vip/32 on svc-proxy's dummy device" sh -c "ip netns exec $node ip -o addr show dev svcproxy0 | grep -q ' $vip/32 '"
 check "loop-back set holds both endpoints" sh -c "ip netns exec $node ipset list SVCPROXY-LOOP-BACK | grep -q '10.0.0.11,tcp:8080,10.0.0.11' && ip netns exec $node ipset list SVCPROXY-LOOP-BACK | grep -q '10.0.0.21,tcp:8080,10.0.0.21'"
+expect "no IPv6 loop-back set or ip6tables rule on an IPv4-only node" "" "$(N ipset list -n | grep SVCPROXY-6; N ip6tables-save -t nat 2>/dev/null | grep SVCPROXY)"
 
 section "3. curl $vip:8080 from the node, from the other pod, from a pod to itself; 20 requests split"
 expect "node -> VIP answers" yes "$(a=$(http_get "$node" "$vip:8080") && case $a in dustin | leah) echo yes ;; *) echo "$a" ;; esac)"

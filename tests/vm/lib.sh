@@ -86,3 +86,59 @@ wait_http() {
 	echo "wait_http: $2 from $1 never answered '$3' (last: '$body')" >&2
 	return 1
 }
+
+# --- The scenario scripts' pods and clients. They use the caller's $tag (prefix of the pod
+# namespaces), $work (scratch directory), $here (this directory) and array server_pid.
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+# The runtime's part of a pod: its namespace and its server, listening before the network is added
+# (the server starts slowly under emulation, and a pod is an endpoint as soon as it is attached).
+# start_pod NAME [BIND]: BIND is the server's listening address (default 0.0.0.0; :: for IPv6).
+start_pod() {
+	local pod=$1 bind=${2:-0.0.0.0} i
+	ip netns add "$tag-$pod" || return 1
+	# Not through a shell function: $! must be the server itself, so that kill reaches it.
+	nsenter --net="/run/netns/$tag-$pod" python3 "$here/pod-server.py" "$pod" 8080 "$bind" >"$work/$pod.log" 2>&1 &
+	server_pid[$pod]=$!
+	for ((i = 0; i < 600; i++)); do
+		[ -n "$(in_ns "$tag-$pod" ss -Hltn 'sport = :8080')" ] && return 0
+		sleep 0.2
+	done
+	echo "start_pod: $pod's server never listened" >&2
+	return 1
+}
+
+# The pod's address as cni-bridge's ADD result reports it.
+result_ip() { python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])' <"$1"; }
+
+# wait_until SECS CMD...: polls CMD until it succeeds; fails once SECS have passed (a bound on a
+# stall, not the assertion).
+wait_until() {
+	local end=$((SECONDS + $1))
+	shift
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < end)) || return 1
+		sleep 0.2
+	done
+}
+
+# requests NETNS COUNT [HOST:PORT]: COUNT sequential requests to HOST:PORT (default $vip:8080;
+# [ADDR]:PORT for IPv6), each on a new connection, from one curl process (start-up dominates under
+# emulation); prints each answer, "-" for a failed one, and with SCENARIO_VERBOSE=1 also one line
+# per request on stderr.
+requests() {
+	local urls=() i=0 a target=${3:-$vip:8080}
+	for ((i = 0; i < $2; i++)); do urls+=("http://$target/"); done
+	i=0
+	in_ns "$1" curl -sS -g --connect-timeout 5 --max-time 10 -H 'Connection: close' -w '%{http_code}\n' "${urls[@]}" 2>/dev/null |
+		awk '/^[0-9][0-9][0-9]$/ { print ($1 == 200 && body != "" ? body : "-"); body = ""; next } { body = $0 }' |
+		while read -r a; do
+			i=$((i + 1))
+			[ "${SCENARIO_VERBOSE:-}" = 1 ] && echo "    curl $target from ${1#"$tag-"} #$i -> $a" >&2
+			echo "$a"
+		done
+}
+# Prints "name=count ..." for a list of answers.
+tally() { sort | uniq -c | awk '{ printf "%s%s=%d", (NR > 1 ? " " : ""), $2, $1 }'; }

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A pod's HTTP server: answers every GET with the pod's name (one line), HTTP/1.1 keep-alive.
 
-Usage: pod-server.py NAME [PORT]   (default port 8080, all addresses)
+Usage: pod-server.py NAME [PORT [ADDRESS]]   (default port 8080, address 0.0.0.0; :: for IPv6)
 """
 import http.server
+import socket
 import sys
 
 
@@ -26,7 +27,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def main():
     name = sys.argv[1]
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    address = sys.argv[3] if len(sys.argv) > 3 else "0.0.0.0"
+
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    server = Server((address, port), Handler)
     server.pod_name = name
     server.serve_forever()
 
