@@ -129,7 +129,8 @@ impl fmt::Display for Op {
     }
 }
 
-/// Computes the operations that turn `observed` into `desired`, touching only what is ours.
+/// Computes the operations that turn `observed` into `desired`, touching only what is ours:
+/// [`plan_subset`] over every virtual service, loop-back entry and dummy-device address.
 ///
 /// Order: VIP addresses first, then per service the service and its real servers, then services
 /// that are no longer wanted, the loop-back set, and last the addresses no longer wanted.
@@ -142,36 +143,21 @@ pub fn plan(
     observed: &Observed,
     drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
 ) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let vips = desired.vips();
-
-    for vip in &vips {
-        if !observed.addresses.contains(vip) {
-            ops.push(Op::AddAddress(*vip));
-        }
-    }
-
-    for (key, want) in &desired.services {
-        plan_service(key, want, observed, drain_expired, &mut ops);
-    }
-
-    for (key, _) in observed.services.iter() {
-        if observed.owns(&key.addr, &vips) && !desired.services.contains_key(key) {
-            ops.push(Op::DelService(*key));
-        }
-    }
-
-    for entry in desired.loopback.difference(&observed.loopback) {
-        ops.push(Op::AddLoopback(*entry));
-    }
-    for entry in observed.loopback.difference(&desired.loopback) {
-        ops.push(Op::DelLoopback(*entry));
-    }
-
-    for addr in observed.addresses.difference(&vips) {
-        ops.push(Op::DelAddress(*addr));
-    }
-    ops
+    let everything = Subset {
+        keys: desired
+            .services
+            .keys()
+            .chain(observed.services.keys())
+            .copied()
+            .collect(),
+        loopback: desired
+            .loopback
+            .union(&observed.loopback)
+            .copied()
+            .collect(),
+        addresses: observed.addresses.clone(),
+    };
+    plan_subset(desired, observed, &everything, drain_expired)
 }
 
 /// What an incremental change touched: the virtual services and loop-back entries to re-plan.
@@ -179,11 +165,13 @@ pub fn plan(
 pub struct Subset {
     pub keys: BTreeSet<ServiceKey>,
     pub loopback: BTreeSet<LoopbackEntry>,
+    /// Dummy-device addresses to re-plan besides the VIPs of `keys`.
+    pub addresses: BTreeSet<IpAddr>,
 }
 
-/// [`plan`] restricted to `subset`: its virtual services, its loop-back entries and the VIPs of
-/// its services. Yields exactly the operations of [`plan`] when everything outside `subset`
-/// already matches; its cost grows with the subset, not with the number of services.
+/// [`plan`] restricted to `subset`: its virtual services, its loop-back entries, the VIPs of its
+/// services and its addresses. Yields exactly the operations of [`plan`] when everything outside
+/// `subset` already matches; its cost grows with the subset, not with the number of services.
 pub fn plan_subset(
     desired: &Desired,
     observed: &Observed,
@@ -191,7 +179,12 @@ pub fn plan_subset(
     drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
-    let addrs: BTreeSet<IpAddr> = subset.keys.iter().map(|k| k.addr).collect();
+    let addrs: BTreeSet<IpAddr> = subset
+        .keys
+        .iter()
+        .map(|k| k.addr)
+        .chain(subset.addresses.iter().copied())
+        .collect();
     let wanted: BTreeSet<IpAddr> = addrs
         .iter()
         .filter(|a| desired.has_vip(a))
@@ -653,6 +646,15 @@ mod tests {
     }
 
     #[test]
+    fn a_stray_address_on_the_dummy_device_goes() {
+        let d = desired(&[(key(VIP, Tcp, 8080), "rr", &["10.0.0.11:8080"])]);
+        let mut o = in_sync(&d);
+        let stray: IpAddr = "10.100.100.200".parse().unwrap();
+        o.addresses.insert(stray);
+        assert_eq!(plan(&d, &o, &never), vec![Op::DelAddress(stray)]);
+    }
+
+    #[test]
     fn a_service_at_a_claimed_vip_is_adopted_not_recreated() {
         let k = key(VIP, Tcp, 8080);
         let d = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
@@ -731,6 +733,7 @@ mod tests {
         let subset = Subset {
             keys: BTreeSet::from([a, gone]),
             loopback: BTreeSet::from([lb("10.0.0.4:80", Tcp), lb("10.0.0.9:80", Tcp)]),
+            addresses: BTreeSet::new(),
         };
         let ops = plan_subset(&after, &observed, &subset, &never);
         assert_eq!(
