@@ -36,10 +36,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-N() { in_ns "$node" "$@"; }
-N_exec() { ip netns exec "$node" "$@"; }
-run() { "$@" || { fail "setup: '$*' failed"; show_proxy_log; finish; }; }
-show_proxy_log() { [ -f "$work/svc-proxy.log" ] && { echo "--- svc-proxy log (tail)"; tail -n 30 "$work/svc-proxy.log"; }; }
 
 # cni VERB POD IP: cni-bridge as the runtime calls it, on an IPv6-only network.
 cni() {

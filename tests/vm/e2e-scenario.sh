@@ -47,12 +47,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-N() { in_ns "$node" "$@"; }
-# The project's binaries run with the node's /sys too, as they would on a node.
-N_exec() { ip netns exec "$node" "$@"; }
-# A setup step that fails makes every later check meaningless.
-run() { "$@" || { fail "setup: '$*' failed"; show_proxy_log; finish; }; }
-show_proxy_log() { [ -f "$work/svc-proxy.log" ] && { echo "--- svc-proxy log (tail)"; tail -n 30 "$work/svc-proxy.log"; }; }
 
 # cni VERB POD [IP]: cni-bridge as the runtime calls it, from the node namespace.
 cni() {

@@ -87,8 +87,16 @@ wait_http() {
 	return 1
 }
 
-# --- The scenario scripts' pods and clients. They use the caller's $tag (prefix of the pod
-# namespaces), $work (scratch directory), $here (this directory) and array server_pid.
+# --- The scenario scripts' node, pods and clients. They use the caller's $node (the node's
+# namespace), $tag (prefix of the pod namespaces), $work (scratch directory), $here (this
+# directory) and array server_pid.
+
+N() { in_ns "$node" "$@"; }
+# The project's binaries run with the node's /sys too, as they would on a node.
+N_exec() { ip netns exec "$node" "$@"; }
+show_proxy_log() { [ -f "$work/svc-proxy.log" ] && { echo "--- svc-proxy log (tail)"; tail -n 30 "$work/svc-proxy.log"; }; }
+# A setup step that fails makes every later check meaningless.
+run() { "$@" || { fail "setup: '$*' failed"; show_proxy_log; finish; }; }
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }

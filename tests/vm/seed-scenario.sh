@@ -27,9 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-N() { in_ns "$node" "$@"; }
-# Setup steps are the article's; one that fails makes every later check meaningless.
-run() { "$@" || { fail "setup: '$*' failed"; finish; }; }
 
 section "node namespace $node with an uplink and a default route (a real node has one)"
 run ip netns add "$node"
