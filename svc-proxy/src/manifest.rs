@@ -1021,4 +1021,43 @@ endpoints:
             )
         );
     }
+
+    /// Every truncation and thousands of byte mutations of valid manifests (YAML and JSON): the
+    /// parser returns objects or an error, never panics. Inputs come from users; a panic would
+    /// stop the daemon.
+    #[test]
+    fn mangled_input_never_panics() {
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1, labels: {kubernetes.io/service-name: app-service}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n- addresses: [10.0.0.11]\n  conditions: {ready: false, serving: true, terminating: true}\n";
+        let json = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.0.0.1","sessionAffinity":"ClientIP","ports":[{"port":80,"protocol":"UDP"}]}}]}"#;
+        let samples = [
+            (format!("{SCENARIO}---\n{slice}"), false),
+            (json.to_string(), true),
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const ALPHABET: &[u8] = b"{}[]:,-\"' \n0123456789.xZ";
+        let mut parsed = 0;
+        for (text, is_json) in &samples {
+            let bytes = text.as_bytes();
+            for end in 0..bytes.len() {
+                let cut = String::from_utf8_lossy(&bytes[..end]);
+                parsed += usize::from(parse("t", &cut, *is_json).is_ok());
+            }
+            for _ in 0..3000 {
+                let mut b = bytes.to_vec();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % b.len() as u64) as usize;
+                    b[at] = ALPHABET[(next() % ALPHABET.len() as u64) as usize];
+                }
+                parsed += usize::from(parse("t", &String::from_utf8_lossy(&b), *is_json).is_ok());
+            }
+        }
+        // Some mutations stay valid (a changed digit, a truncation at a document end).
+        assert!(parsed > 0);
+    }
 }
