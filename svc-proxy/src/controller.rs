@@ -508,6 +508,17 @@ mod tests {
         Controller::new(cfg, kernel, Arc::new(Metrics::default()), now)
     }
 
+    /// The scenario's Service with pod c1 (10.0.0.11), synced; the recording starts empty.
+    fn synced_scenario(s: &Scratch) -> (Controller<Recording>, Instant, PathBuf) {
+        let f = s.write("manifests/app.yaml", SCENARIO);
+        s.record("c1", "10.0.0.11", "ready");
+        let t0 = Instant::now();
+        let mut c = controller(s, Recording::default(), t0);
+        c.resync(t0);
+        c.dp.take();
+        (c, t0, f)
+    }
+
     fn key(addr: &str, protocol: nodenet::Protocol, port: u16) -> ServiceKey {
         ServiceKey {
             addr: addr.parse().unwrap(),
@@ -608,12 +619,7 @@ mod tests {
     #[test]
     fn a_broken_edit_keeps_the_last_good_state_then_a_fix_applies() {
         let s = Scratch::new();
-        let f = s.write("manifests/app.yaml", SCENARIO);
-        s.record("c1", "10.0.0.11", "ready");
-        let t0 = Instant::now();
-        let mut c = controller(&s, Recording::default(), t0);
-        c.resync(t0);
-        c.dp.take();
+        let (mut c, t0, f) = synced_scenario(&s);
         let good = c.desired().clone();
 
         // An editor's truncate before its write: an empty file does not remove the Service.
@@ -889,12 +895,7 @@ mod tests {
     #[test]
     fn resync_repairs_drift() {
         let s = Scratch::new();
-        s.write("manifests/app.yaml", SCENARIO);
-        s.record("c1", "10.0.0.11", "ready");
-        let t0 = Instant::now();
-        let mut c = controller(&s, Recording::default(), t0);
-        c.resync(t0);
-        c.dp.take();
+        let (mut c, t0, _) = synced_scenario(&s);
         c.dp.state.services.remove(&app());
         c.dp.state.loopback.clear();
         c.tick(t0 + RESYNC / 2);
@@ -911,12 +912,7 @@ mod tests {
     #[test]
     fn removing_the_manifest_removes_only_our_state_and_cleanup_the_rest() {
         let s = Scratch::new();
-        let f = s.write("manifests/app.yaml", SCENARIO);
-        s.record("c1", "10.0.0.11", "ready");
-        let t0 = Instant::now();
-        let mut c = controller(&s, Recording::default(), t0);
-        c.resync(t0);
-        c.dp.take();
+        let (mut c, t0, f) = synced_scenario(&s);
         std::fs::remove_file(&f).unwrap();
         changed(&mut c, &[&f], t0);
         assert_eq!(

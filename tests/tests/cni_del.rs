@@ -178,6 +178,24 @@ fn del_leaves_other_pods_alone() {
     assert_eq!(observe::addresses_of(&b.ns, "eth0"), [rb.address()]);
 }
 
+/// Runs `failing_add` (an ADD of `pod` that must fail) and checks it changed nothing, on the
+/// node or in the pod.
+fn assert_rolled_back(node: &Node, pod: &Pod, failing_add: impl FnOnce()) {
+    let before = node.state();
+    let pod_before = observe::links(&pod.ns);
+    failing_add();
+    assert_eq!(
+        node.state(),
+        before,
+        "failed ADD must roll back on the node"
+    );
+    assert_eq!(
+        observe::links(&pod.ns),
+        pod_before,
+        "failed ADD must roll back in the pod"
+    );
+}
+
 /// An exhausted range fails the ADD with nothing left behind (no veth, no record, no entry).
 #[test]
 fn failed_add_on_exhausted_range_rolls_back() {
@@ -189,19 +207,9 @@ fn failed_add_on_exhausted_range_rolls_back() {
     let a = node.pod("exh-a");
     add(&f, &node, &config, &a);
     let b = node.pod("exh-b");
-    let before = node.state();
-    let pod_before = observe::links(&b.ns);
-    node.add(&f.plugin, &config, &b).error();
-    assert_eq!(
-        node.state(),
-        before,
-        "failed ADD must roll back on the node"
-    );
-    assert_eq!(
-        observe::links(&b.ns),
-        pod_before,
-        "failed ADD must roll back in the pod"
-    );
+    assert_rolled_back(&node, &b, || {
+        node.add(&f.plugin, &config, &b).error();
+    });
 }
 
 /// A delegated IPAM plugin that fails (here: not on CNI_PATH) leaves nothing behind.
@@ -215,20 +223,10 @@ fn failed_delegated_ipam_rolls_back() {
     let mut broken = config.clone();
     broken["ipam"]["type"] = json!("no-such-ipam-plugin");
     let b = node.pod("ipamfail-b");
-    let before = node.state();
-    let pod_before = observe::links(&b.ns);
-    // Plugin-specific code (docs/CNI-BRIDGE.md): 106, IPAM binary not on CNI_PATH.
-    node.add(&f.plugin, &broken, &b).error_code(106);
-    assert_eq!(
-        node.state(),
-        before,
-        "failed ADD must roll back on the node"
-    );
-    assert_eq!(
-        observe::links(&b.ns),
-        pod_before,
-        "failed ADD must roll back in the pod"
-    );
+    assert_rolled_back(&node, &b, || {
+        // Plugin-specific code (docs/CNI-BRIDGE.md): 106, IPAM binary not on CNI_PATH.
+        node.add(&f.plugin, &broken, &b).error_code(106);
+    });
 }
 
 /// 50 ADDs racing on one fresh network (also racing to create the bridge): all succeed with 50

@@ -1,7 +1,8 @@
 //! The built-in allocator: host-local's configuration, allocation order and on-disk layout.
 //!
 //! Layout under `<dataDir>/<network>/` (interchangeable with host-local 1.1.1): one file per
-//! reserved address, named by the address, created `O_EXCL`, holding `containerID\r\nifname`;
+//! reserved address, named by the address, created exclusively (written whole under a temporary
+//! name, then hard-linked, so it is never seen empty), holding `containerID\r\nifname`;
 //! `last_reserved_ip.<rangeSetIndex>` holding the last address handed out (allocation goes
 //! round robin from there); and `lock`, `flock`ed around every operation so host-local and this
 //! allocator interlock.
@@ -24,6 +25,9 @@ use crate::result::{Dns, IpConfig, RouteConf};
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const LOCK_FILE: &str = "lock";
+/// Prefix of a reservation being written (`.reserving-<pid>`): not an address, so host-local and
+/// [`Store::reservations`] never take it for one.
+const RESERVING_PREFIX: &str = ".reserving-";
 
 /// One range of a range set, canonicalized (defaults filled in as host-local does).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,7 +338,26 @@ impl Store {
                 std::io::Error::from_raw_os_error(e as i32),
             )
         })?;
-        Ok(Store { dir, _lock: lock })
+        let store = Store { dir, _lock: lock };
+        store.sweep_reserving();
+        Ok(store)
+    }
+
+    /// Removes reservations being written by allocators that died: under the lock nobody else
+    /// is writing one.
+    fn sweep_reserving(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(RESERVING_PREFIX))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn ip_path(&self, ip: IpAddr) -> PathBuf {
@@ -342,21 +365,46 @@ impl Store {
     }
 
     /// Creates the reservation file for `ip`; `false` if taken.
+    ///
+    /// The file is written whole under a temporary name and then hard-linked to the address
+    /// (which fails if it exists, like `O_EXCL`), so a reservation never exists without its
+    /// owner, even if the plugin is killed half way; a DEL or GC of that owner finds it.
+    /// An empty reservation file is an allocator (host-local, which creates and then writes)
+    /// killed in between while holding this lock: nobody owns it, and it is taken over.
     fn reserve(&self, ip: IpAddr, id: &str, ifname: &str, set_index: usize) -> Result<bool> {
         let path = self.ip_path(ip);
-        let mut f = match OpenOptions::new()
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == 0 => {
+                log::warn!(
+                    "{}: empty reservation (a killed allocator's); reclaimed",
+                    path.display()
+                );
+                std::fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+            }
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("reading", &path, e)),
+        }
+        let tmp = self
+            .dir
+            .join(format!("{RESERVING_PREFIX}{}", std::process::id()));
+        let written = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
-            .open(&path)
-        {
-            Ok(f) => f,
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(owner_content(id, ifname).as_bytes()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error("writing", &tmp, e));
+        }
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(io_error("creating", &path, e)),
-        };
-        if let Err(e) = f.write_all(owner_content(id, ifname).as_bytes()) {
-            let _ = std::fs::remove_file(&path);
-            return Err(io_error("writing", &path, e));
         }
         let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}"));
         std::fs::write(&last, ip.to_string()).map_err(|e| io_error("writing", &last, e))?;
@@ -778,6 +826,34 @@ mod tests {
         let err = store.allocate(&c, "c7", "eth0", &[]).unwrap_err();
         assert_eq!(err.code, code::NO_ADDRESS);
         assert_eq!(store.free_counts(&c).unwrap(), vec![0]);
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What an allocator killed half way leaves: an empty reservation (host-local creates, then
+    /// writes) is taken over; a reservation of ours still being written is swept at the next
+    /// lock and never counts as one.
+    #[test]
+    fn leftovers_of_a_killed_allocator_are_reclaimed() {
+        let dir = tmp();
+        let c = cfg(json!({"subnet": "10.0.0.0/29", "dataDir": dir})).unwrap();
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        std::fs::write(dir.join("net/10.0.0.2"), "").unwrap();
+        std::fs::write(dir.join("net/.reserving-999999"), "dead\r\neth0").unwrap();
+        let store = Store::open(&c.data_dir, "net").unwrap();
+        assert!(!dir.join("net/.reserving-999999").exists());
+        let a = store.allocate(&c, "c1", "eth0", &[]).unwrap();
+        assert_eq!(a[0].address.ip(), ip("10.0.0.2"));
+        assert_eq!(
+            std::fs::read(dir.join("net/10.0.0.2")).unwrap(),
+            b"c1\r\neth0"
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.join("net"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert_eq!(names, Vec::<String>::new(), "no temporary file stays");
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
