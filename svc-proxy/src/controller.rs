@@ -384,13 +384,14 @@ impl<D: Dataplane> Controller<D> {
     }
 
     /// Runs until `Event::Shutdown` or until every sender is gone; changes are applied once the
-    /// burst of events they caused has settled for `debounce`. `before_tick` runs before each timed
-    /// step (the watcher retries what it could not watch yet).
+    /// burst of events they caused has settled for `debounce`. `watch_records` runs before each
+    /// step (the watcher retries watching the records directory, which may not exist yet); when
+    /// it says the directory has just become watched, the records are rescanned.
     pub fn run(
         &mut self,
         events: &std::sync::mpsc::Receiver<Event>,
         debounce: Duration,
-        mut before_tick: impl FnMut(),
+        mut watch_records: impl FnMut() -> bool,
     ) {
         use std::sync::mpsc::RecvTimeoutError;
         self.resync(Instant::now());
@@ -400,7 +401,10 @@ impl<D: Dataplane> Controller<D> {
             let first = match events.recv_timeout(wait) {
                 Ok(ev) => ev,
                 Err(RecvTimeoutError::Timeout) => {
-                    before_tick();
+                    if watch_records() {
+                        let records = BTreeSet::from([self.cfg.attachments.clone()]);
+                        self.paths_changed(&records, Instant::now());
+                    }
                     self.tick(Instant::now());
                     continue;
                 }
@@ -423,6 +427,9 @@ impl<D: Dataplane> Controller<D> {
                 };
             }
             log::debug!("events settled after {:?}", woke.elapsed());
+            if watch_records() {
+                paths.insert(self.cfg.attachments.clone());
+            }
             self.paths_changed(&paths, Instant::now());
         }
     }

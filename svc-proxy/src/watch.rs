@@ -11,8 +11,13 @@ use std::sync::mpsc::Sender;
 /// The live watches; dropping this stops them.
 pub struct Watches {
     watcher: RecommendedWatcher,
+    /// The manifest directories watched (never unwatched here).
+    dirs: BTreeSet<PathBuf>,
     attachments: PathBuf,
     attachments_watched: bool,
+    /// While the records directory does not exist: its nearest existing ancestor, watched so
+    /// that the directory's creation (cni-bridge's first ADD on the node) is seen at once.
+    ancestor: Option<PathBuf>,
 }
 
 impl Watches {
@@ -59,33 +64,76 @@ impl Watches {
         }
         let mut w = Watches {
             watcher,
+            dirs,
             attachments: attachments.to_path_buf(),
             attachments_watched: false,
+            ancestor: None,
         };
         w.retry_attachments();
         Ok(w)
     }
 
-    /// Starts watching the records directory if that failed before (it may not exist yet).
-    pub fn retry_attachments(&mut self) {
+    /// Starts watching the records directory if it was not watched yet (it may not exist yet;
+    /// until it does, its nearest existing ancestor is watched). True when it has just become
+    /// watched: records written before that are found only by a rescan.
+    pub fn retry_attachments(&mut self) -> bool {
         if self.attachments_watched {
-            return;
+            return false;
         }
-        match self
+        let error = match self
             .watcher
             .watch(&self.attachments, RecursiveMode::Recursive)
         {
             Ok(()) => {
                 self.attachments_watched = true;
+                self.watch_ancestor(None);
                 log::info!(
                     "watching attachment records in {}",
                     self.attachments.display()
                 );
+                return true;
             }
-            Err(e) => log::warn!(
-                "attachment records {}: {e}; retrying at the next resync",
-                self.attachments.display()
-            ),
+            Err(e) => e,
+        };
+        let nearest = self
+            .attachments
+            .ancestors()
+            .skip(1)
+            .find(|p| p.is_dir())
+            .map(Path::to_path_buf);
+        if nearest != self.ancestor {
+            match &nearest {
+                Some(n) => log::info!(
+                    "attachment records {}: {error}; watching {} until it appears",
+                    self.attachments.display(),
+                    n.display()
+                ),
+                None => log::warn!(
+                    "attachment records {}: {error}; retrying at the next resync",
+                    self.attachments.display()
+                ),
+            }
+            self.watch_ancestor(nearest);
+        }
+        false
+    }
+
+    /// Moves the ancestor watch to `to` (or drops it); a manifest directory's watch stays.
+    fn watch_ancestor(&mut self, to: Option<PathBuf>) {
+        if let Some(old) = self.ancestor.take() {
+            if !self.dirs.contains(&old) {
+                let _ = self.watcher.unwatch(&old);
+            }
+        }
+        if let Some(new) = to {
+            if self.dirs.contains(&new)
+                || self
+                    .watcher
+                    .watch(&new, RecursiveMode::NonRecursive)
+                    .is_ok()
+            {
+                self.ancestor = Some(new);
+            }
         }
     }
 }
@@ -175,6 +223,36 @@ mod tests {
             "{paths:?}"
         );
         assert_eq!(echo, BTreeSet::new(), "reading the inputs woke the watch");
+    }
+
+    /// A node where svc-proxy starts before the first pod: the records directory does not exist.
+    /// Its creation wakes the daemon at once (not at the next resync), the directory is then
+    /// watched, and records written into it are reported.
+    #[test]
+    fn a_records_directory_created_later_is_watched_at_once() {
+        let dir = std::env::temp_dir().join(format!("svc-proxy-watch-late-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("m")).unwrap();
+        let records = dir.join("var/state");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut w = Watches::start(&[dir.join("m")], &records, tx).unwrap();
+        assert!(!w.retry_attachments(), "nothing to watch yet");
+
+        std::fs::create_dir_all(records.join("home")).unwrap();
+        assert!(
+            matches!(rx.recv_timeout(Duration::from_secs(5)), Ok(Event::Path(_))),
+            "the directory's creation woke nobody"
+        );
+        assert!(
+            w.retry_attachments(),
+            "the records directory is watched now"
+        );
+        drain(&rx);
+        let record = records.join("home/c1.eth0.json");
+        std::fs::write(&record, "{}").unwrap();
+        let paths = drain(&rx);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(paths.contains(&record), "{paths:?}");
     }
 
     #[test]
