@@ -929,54 +929,51 @@ endpoints:
 
     #[test]
     fn bad_objects_and_kinds_are_reported_with_file_document_and_object() {
-        let err = parse(
-            "dir/app.yaml",
-            &format!(
-                "{SCENARIO}---\n{BASE}spec: {{clusterIP: 10.0.0.1, ports: [{{port: 99999}}]}}\n"
+        let two_docs = format!(
+            "{SCENARIO}---\n{BASE}spec: {{clusterIP: 10.0.0.1, ports: [{{port: 99999}}]}}\n"
+        );
+        let twice = format!("{SCENARIO}---\n{SCENARIO}");
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "dir/app.yaml",
+                &two_docs,
+                "dir/app.yaml: document 2 (Service default/s): spec.ports[0].port: 99999 is out of range 1-65535",
             ),
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "dir/app.yaml: document 2 (Service default/s): spec.ports[0].port: 99999 is out of range 1-65535"
-        );
-        let err = parse(
-            "d.yaml",
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(err.to_string(), "d.yaml: document 1 (?): kind: unknown kind \"Deployment\" (expected Service, EndpointSlice or List)");
-        let err = parse(
-            "d.yaml",
-            "apiVersion: v2\nkind: Service\nmetadata: {name: x}\n",
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(err.to_string(), "d.yaml: document 1 (?): apiVersion: \"v2\" is not supported for Service (expected \"v1\")");
-        let err = parse(
-            "d.yaml",
-            "apiVersion: v1\nkind: Service\nmetadata: {}\n",
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "d.yaml: document 1 (?): metadata.name: required"
-        );
-        let err = parse("d.yaml", "- 1\n- 2\n", false).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "d.yaml: document 1 (?): (document): expected a mapping, found a list"
-        );
-        let err = parse("d.yaml", &format!("{SCENARIO}---\n{SCENARIO}"), false).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "d.yaml: Service default/app-service defined twice (documents 1 and 2)"
-        );
-        let err = parse("l.yaml", "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: s}, spec: {clusterIP: x, ports: [{port: 1}]}}\n", false).unwrap_err();
-        assert_eq!(err.to_string(), "l.yaml: document 1 (Service default/s): items[0].spec.clusterIP: \"x\" is not an IP address");
+            (
+                "d.yaml",
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+                "d.yaml: document 1 (?): kind: unknown kind \"Deployment\" (expected Service, EndpointSlice or List)",
+            ),
+            (
+                "d.yaml",
+                "apiVersion: v2\nkind: Service\nmetadata: {name: x}\n",
+                "d.yaml: document 1 (?): apiVersion: \"v2\" is not supported for Service (expected \"v1\")",
+            ),
+            (
+                "d.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata: {}\n",
+                "d.yaml: document 1 (?): metadata.name: required",
+            ),
+            (
+                "d.yaml",
+                "- 1\n- 2\n",
+                "d.yaml: document 1 (?): (document): expected a mapping, found a list",
+            ),
+            (
+                "d.yaml",
+                &twice,
+                "d.yaml: Service default/app-service defined twice (documents 1 and 2)",
+            ),
+            (
+                "l.yaml",
+                "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: s}, spec: {clusterIP: x, ports: [{port: 1}]}}\n",
+                "l.yaml: document 1 (Service default/s): items[0].spec.clusterIP: \"x\" is not an IP address",
+            ),
+        ];
+        for (file, text, want) in cases {
+            let err = parse(file, text, false).unwrap_err();
+            assert_eq!(err.to_string(), *want, "{text}");
+        }
     }
 
     #[test]
