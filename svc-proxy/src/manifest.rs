@@ -409,12 +409,11 @@ fn object(ctx: &Ctx<'_>, v: &Value, out: &mut Vec<Object>) -> Result<()> {
         object: format!("{kind_name} {namespace}/{name}"),
         ..ctx.clone()
     };
-    let obj = if kind_name == "Service" {
-        Object::Service(service(&ctx, m, meta, namespace, name)?)
-    } else {
-        Object::EndpointSlice(endpoint_slice(&ctx, m, meta, namespace, name)?)
-    };
-    out.push(obj);
+    if kind_name == "Service" {
+        out.push(Object::Service(service(&ctx, m, meta, namespace, name)?));
+    } else if let Some(slice) = endpoint_slice(&ctx, m, meta, namespace, name)? {
+        out.push(Object::EndpointSlice(slice));
+    }
     Ok(())
 }
 
@@ -622,7 +621,7 @@ fn endpoint_slice(
     meta: &Map<String, Value>,
     namespace: String,
     name: String,
-) -> Result<EndpointSlice> {
+) -> Result<Option<EndpointSlice>> {
     let labels = ctx.string_map(meta, "metadata", "labels")?;
     let service_name = labels
         .get(SERVICE_NAME_LABEL)
@@ -638,10 +637,19 @@ fn endpoint_slice(
     let want_v4 = match address_type {
         "IPv4" => true,
         "IPv6" => false,
+        // Valid Kubernetes (deprecated), but nothing IPVS can forward to: kube-proxy skips
+        // these too, as if they were absent.
+        "FQDN" => {
+            log::warn!(
+                "{}",
+                ctx.err("addressType", "FQDN is not supported; the slice is ignored")
+            );
+            return Ok(None);
+        }
         other => {
             return Err(ctx.err(
                 "addressType",
-                format!("unsupported address type {other:?} (expected IPv4 or IPv6)"),
+                format!("unsupported address type {other:?} (expected IPv4, IPv6 or FQDN)"),
             ))
         }
     };
@@ -710,13 +718,13 @@ fn endpoint_slice(
             terminating,
         });
     }
-    Ok(EndpointSlice {
+    Ok(Some(EndpointSlice {
         namespace,
         name,
         service_name,
         ports,
         endpoints,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -873,6 +881,18 @@ endpoints:
         );
     }
 
+    /// FQDN slices are valid Kubernetes but carry nothing IPVS can forward to: skipped (logged),
+    /// like kube-proxy does, without failing the file.
+    #[test]
+    fn fqdn_endpoint_slices_are_skipped() {
+        let yaml = format!("{SCENARIO}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: f, labels: {{kubernetes.io/service-name: app-service}}}}\naddressType: FQDN\nendpoints: [{{addresses: [db.example.com]}}]\n");
+        let v = parse("t.yaml", &yaml, false).unwrap();
+        assert_eq!(
+            v.iter().map(Object::id).collect::<Vec<_>>(),
+            vec!["Service default/app-service"]
+        );
+    }
+
     #[test]
     fn multi_document_yaml_json_stream_and_list() {
         let yaml = format!("---\n{SCENARIO}---\napiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{clusterIP: 10.0.0.2, ports: [{{port: 80}}]}}\n---\n");
@@ -999,7 +1019,7 @@ endpoints:
     fn bad_endpoint_slices_name_their_field() {
         let base = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e, labels: {kubernetes.io/service-name: s}}\n";
         let cases: &[(&str, &str, &str)] = &[
-            ("addressType: FQDN", "addressType", "unsupported address type \"FQDN\" (expected IPv4 or IPv6)"),
+            ("addressType: Other", "addressType", "unsupported address type \"Other\" (expected IPv4, IPv6 or FQDN)"),
             ("addressType: IPv4\nendpoints: [{addresses: [\"fd00::1\"]}]", "endpoints[0].addresses[0]", "fd00::1 does not match addressType IPv4"),
             ("addressType: IPv4\nendpoints: [{addresses: []}]", "endpoints[0].addresses", "required (at least one address)"),
             ("addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], conditions: {ready: yes-ish}}]", "endpoints[0].conditions.ready", "expected true or false, found a string"),
