@@ -1,7 +1,7 @@
 //! Turns Services, EndpointSlices and attached pods into the desired kernel state.
 
 use crate::attachments::Pod;
-use crate::manifest::{EndpointSlice, Service, ServicePort};
+use crate::manifest::{EndpointSlice, Service, ServicePort, TargetPort};
 use crate::model::{Desired, DesiredService, LoopbackEntry, ServiceKey, VirtualService};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -133,11 +133,31 @@ fn pod_endpoints(
     let Some(selector) = &svc.selector else {
         return BTreeSet::new();
     };
-    pods.iter()
+    let mut selected = pods
+        .iter()
         .filter(|p| p.matches(&svc.namespace, selector))
+        .peekable();
+    let target = match &port.target_port {
+        TargetPort::Number(n) => *n,
+        TargetPort::Named(name) => {
+            if selected.peek().is_some() {
+                log::warn!(
+                    "{}/{} port {}/{}: targetPort {name:?} is a port name, which pods from \
+                     attachment records cannot resolve (they do not list container ports); \
+                     give an EndpointSlice or a port number",
+                    svc.namespace,
+                    svc.name,
+                    port.port,
+                    port.protocol.as_str().to_uppercase()
+                );
+            }
+            return BTreeSet::new();
+        }
+    };
+    selected
         .flat_map(|p| p.addresses.iter())
         .filter(|a| a.is_ipv4() == v4)
-        .map(|a| SocketAddr::new(*a, port.target_port))
+        .map(|a| SocketAddr::new(*a, target))
         .collect()
 }
 
@@ -229,6 +249,22 @@ mod tests {
             ]
         );
         assert_eq!(d.services.values().next().unwrap().service.scheduler, "rr");
+    }
+
+    /// A named targetPort is fine with EndpointSlices (they carry the port); pods from records
+    /// cannot resolve it, so that port gets no endpoints from them (and a warning).
+    #[test]
+    fn a_named_target_port_needs_an_endpoint_slice() {
+        let named = SCENARIO.replace("targetPort: 8080", "targetPort: web");
+        assert_ne!(named, SCENARIO, "the scenario names its targetPort");
+        let pods = [pod("default", "10.0.0.11", &[("component", "app")])];
+        let (d, _) = run(&objects(&named), &pods);
+        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), Vec::<String>::new());
+        let with_slice = format!(
+            "{named}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a1, labels: {{kubernetes.io/service-name: app-service}}}}\naddressType: IPv4\nports: [{{port: 9376}}]\nendpoints: [{{addresses: [10.0.0.11]}}]\n"
+        );
+        let (d, _) = run(&objects(&with_slice), &pods);
+        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.0.0.11:9376"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use nodenet::Protocol;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -72,8 +73,39 @@ pub struct ServicePort {
     pub name: String,
     pub protocol: Protocol,
     pub port: u16,
-    /// Numeric `targetPort`, defaulting to `port`.
-    pub target_port: u16,
+    /// `targetPort`, defaulting to `port`.
+    pub target_port: TargetPort,
+}
+
+/// A Service port's `targetPort`. EndpointSlices carry the real port, so it matters only for
+/// endpoints taken from attachment records, where a named port cannot be resolved (the records
+/// do not list container ports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A container port name (`IANA_SVC_NAME`).
+    Named(String),
+}
+
+impl fmt::Display for TargetPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPort::Number(n) => write!(f, "{n}"),
+            TargetPort::Named(name) => write!(f, "{name:?}"),
+        }
+    }
+}
+
+/// Kubernetes' `IANA_SVC_NAME`: 1-15 lowercase letters, digits and inner single hyphens, with at
+/// least one letter.
+fn is_port_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
 }
 
 /// An `EndpointSlice`, reduced to what svc-proxy programs.
@@ -516,18 +548,23 @@ fn service(
             Ctx::opt(p, "port").ok_or_else(|| ctx.err(&join(&field, "port"), "required"))?,
             &join(&field, "port"),
         )?;
+        let target_field = join(&field, "targetPort");
         let target_port = match Ctx::opt(p, "targetPort") {
-            None => port,
+            None => TargetPort::Number(port),
             Some(Value::String(s)) => match s.parse::<i64>() {
-                Ok(n) => ctx.port(&Value::from(n), &join(&field, "targetPort"))?,
+                Ok(n) => TargetPort::Number(ctx.port(&Value::from(n), &target_field)?),
+                Err(_) if is_port_name(s) => TargetPort::Named(s.clone()),
                 Err(_) => {
                     return Err(ctx.err(
-                        &join(&field, "targetPort"),
-                        format!("named port {s:?} is not supported (use the port number)"),
+                        &target_field,
+                        format!(
+                            "{s:?} is neither a port number nor a port name (1-15 lowercase \
+                             letters, digits and inner hyphens)"
+                        ),
                     ))
                 }
             },
-            Some(v) => ctx.port(v, &join(&field, "targetPort"))?,
+            Some(v) => TargetPort::Number(ctx.port(v, &target_field)?),
         };
         if let Some(j) = ports
             .iter()
@@ -767,7 +804,7 @@ mod tests {
                     name: "".into(),
                     protocol: Protocol::Tcp,
                     port: 8080,
-                    target_port: 8080
+                    target_port: TargetPort::Number(8080)
                 }],
                 affinity_timeout: None,
                 scheduler: None,
@@ -794,7 +831,7 @@ spec:
   sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
   ports:
     - {name: dns, protocol: UDP, port: 53, targetPort: "5353"}
-    - {name: dns-tcp, protocol: TCP, port: 53}
+    - {name: dns-tcp, protocol: TCP, port: 53, targetPort: dns-port}
 "#,
         );
         assert_eq!(s.namespace, "kube-system");
@@ -815,13 +852,13 @@ spec:
                     name: "dns".into(),
                     protocol: Protocol::Udp,
                     port: 53,
-                    target_port: 5353
+                    target_port: TargetPort::Number(5353)
                 },
                 ServicePort {
                     name: "dns-tcp".into(),
                     protocol: Protocol::Tcp,
                     port: 53,
-                    target_port: 53
+                    target_port: TargetPort::Named("dns-port".into())
                 },
             ]
         );
@@ -921,7 +958,7 @@ endpoints:
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 0}]}", "spec.ports[0].port", "0 is out of range 1-65535"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: '80'}]}", "spec.ports[0].port", "expected a port number, found \"80\""),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, targetPort: 0}]}", "spec.ports[0].targetPort", "0 is out of range 1-65535"),
-            ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, targetPort: http}]}", "spec.ports[0].targetPort", "named port \"http\" is not supported (use the port number)"),
+            ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, targetPort: Web_Port}]}", "spec.ports[0].targetPort", "\"Web_Port\" is neither a port number nor a port name (1-15 lowercase letters, digits and inner hyphens)"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, protocol: ICMP}]}", "spec.ports[0].protocol", "unknown protocol \"ICMP\" (expected TCP, UDP or SCTP)"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, protocol: tcp}]}", "spec.ports[0].protocol", "unknown protocol \"tcp\" (expected TCP, UDP or SCTP)"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{name: a, port: 80}, {name: b, port: 80}]}", "spec.ports[1].port", "duplicate port 80/TCP (also spec.ports[0])"),
