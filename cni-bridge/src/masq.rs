@@ -14,8 +14,10 @@ use ipnetwork::IpNetwork;
 use nodenet::ipset::{Entry, Family, Ipset, SetSpec, SetType};
 use nodenet::iptables::{self, Iptables, Position};
 
+use crate::config::IpamConf;
 use crate::error::{code, CniError, Result};
 use crate::names;
+use crate::result::IpConfig;
 
 fn err(e: impl std::fmt::Display) -> CniError {
     CniError::new(code::MASQUERADE, format!("masquerade: {e}"))
@@ -99,14 +101,25 @@ fn ensure_rules(network: &str, set: &str, v6: bool, subnets: &[IpNetwork]) -> Re
     Ok(())
 }
 
+/// The subnets whose traffic is not masqueraded: the built-in IPAM's ranges, or else the
+/// networks of the attachment's addresses.
+pub fn subnets(ipam: &IpamConf, ips: &[IpConfig]) -> Vec<IpNetwork> {
+    match ipam {
+        IpamConf::Builtin(cfg) => cfg.subnets(),
+        _ => ips
+            .iter()
+            .filter_map(|i| IpNetwork::new(i.address.network(), i.address.prefix()).ok())
+            .collect(),
+    }
+}
+
 /// Adds the addresses to their family's set; creates the set and its rules when the set does
-/// not exist yet. Returns the set names used.
-pub fn add(network: &str, ips: &[IpAddr], subnets: &[IpNetwork]) -> Result<Vec<String>> {
+/// not exist yet.
+pub fn add(network: &str, ips: &[IpAddr], subnets: &[IpNetwork]) -> Result<()> {
     if ips.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let ipset = open()?;
-    let mut used = Vec::new();
     for ip in ips {
         let v6 = ip.is_ipv6();
         let set = names::masq_set(network, v6);
@@ -114,9 +127,8 @@ pub fn add(network: &str, ips: &[IpAddr], subnets: &[IpNetwork]) -> Result<Vec<S
         match ipset.add(&set, &entry) {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {
-                let family = if v6 { Family::V6 } else { Family::V4 };
                 let created = ipset
-                    .create(&SetSpec::new(set.clone(), SetType::HashIp, family))
+                    .create(&SetSpec::new(set.clone(), SetType::HashIp, Family::of(*ip)))
                     .map_err(err)?;
                 ipset.add(&set, &entry).map_err(err)?;
                 if created {
@@ -125,11 +137,8 @@ pub fn add(network: &str, ips: &[IpAddr], subnets: &[IpNetwork]) -> Result<Vec<S
             }
             Err(e) => return Err(err(e)),
         }
-        if !used.contains(&set) {
-            used.push(set);
-        }
     }
-    Ok(used)
+    Ok(())
 }
 
 /// Removes the addresses from their sets; absent sets and members are fine.

@@ -166,22 +166,4 @@ impl Iptables {
         self.run(&["-t", table, "-X", chain])?;
         Ok(true)
     }
-
-    /// The rules of a chain as `iptables -t TABLE -S CHAIN` prints them (the `-N` line
-    /// excluded).
-    pub fn list_rules(&self, table: &str, chain: &str) -> Result<Vec<String>, IptablesError> {
-        let out = self.exec(&["-t", table, "-S", chain])?;
-        if !out.status.success() {
-            return Err(IptablesError::Failed {
-                command: format!("{} -w -t {table} -S {chain}", self.program),
-                status: out.status.code().unwrap_or(-1),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("-A "))
-            .map(str::to_string)
-            .collect())
-    }
 }

@@ -25,9 +25,7 @@ use crate::netns::{NetNs, NetNsError};
 
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
-const ENOENT: i32 = 2;
 const EADDRNOTAVAIL: i32 = 99;
-const ESRCH: i32 = 3;
 
 /// Errors from link, address and route calls.
 #[derive(Debug, thiserror::Error)]
@@ -256,12 +254,6 @@ impl Rtnl {
         Self::one_link(req.execute(), format!("get link {name}")).await
     }
 
-    /// The link with that index (`ip -d link show` by index), if any.
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let req = self.handle.link().get().match_index(index);
-        Self::one_link(req.execute(), format!("get link #{index}")).await
-    }
-
     async fn one_link(
         stream: impl futures::Stream<Item = std::result::Result<LinkMessage, rtnetlink::Error>>,
         op: String,
@@ -279,18 +271,6 @@ impl Rtnl {
                 }
             }
         }
-    }
-
-    /// Every link (`ip -d link show`).
-    pub async fn links(&self) -> Result<Vec<Link>> {
-        self.handle
-            .link()
-            .get()
-            .execute()
-            .map_ok(Link::from_message)
-            .try_collect()
-            .await
-            .map_err(nl_err("dump links"))
     }
 
     /// Returns the link named `name` if it is of `kind`, `None` if absent, else `WrongKind`.
@@ -478,18 +458,6 @@ impl Rtnl {
         self.set(msg, format!("set link #{index} mtu {mtu}")).await
     }
 
-    /// `ip link set dev IFACE address MAC`.
-    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
-            .build();
-        self.set(
-            msg,
-            format!("set link #{index} address {}", format_mac(&mac)),
-        )
-        .await
-    }
-
     /// Sets the bridge-port flags of a port
     /// (`ip link set dev IFACE type bridge_slave hairpin on|off isolated on|off`).
     pub async fn set_bridge_port(&self, index: u32, port: BridgePort) -> Result<()> {
@@ -675,25 +643,6 @@ impl Rtnl {
             Err(e) => {
                 let err = nl_err(format!("add route {route:?}"))(e);
                 if err.errno() == Some(EEXIST) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
-    }
-
-    /// `ip route del DST [via GW] [dev IFACE]`; `false` when it was not there.
-    pub async fn del_route(&self, route: &Route) -> Result<bool> {
-        let mut msg = Self::route_message(route);
-        // Deleting matches any scope/protocol when these are left unspecified.
-        msg.header.scope = RouteScope::NoWhere;
-        msg.header.protocol = RouteProtocol::Unspec;
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = nl_err(format!("delete route {route:?}"))(e);
-                if matches!(err.errno(), Some(ESRCH) | Some(ENOENT) | Some(ENODEV)) {
                     Ok(false)
                 } else {
                     Err(err)

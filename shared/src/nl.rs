@@ -315,20 +315,12 @@ impl<'a> Attr<'a> {
         Ok(u32::from_ne_bytes(self.fixed("u32")?))
     }
 
-    pub fn u64(&self) -> Result<u64, Error> {
-        Ok(u64::from_ne_bytes(self.fixed("u64")?))
-    }
-
     pub fn be16(&self) -> Result<u16, Error> {
         Ok(u16::from_be_bytes(self.fixed("be16")?))
     }
 
     pub fn be32(&self) -> Result<u32, Error> {
         Ok(u32::from_be_bytes(self.fixed("be32")?))
-    }
-
-    pub fn be64(&self) -> Result<u64, Error> {
-        Ok(u64::from_be_bytes(self.fixed("be64")?))
     }
 
     /// A string attribute, up to its first NUL.

@@ -224,6 +224,22 @@ fn conflicting<'a>(
     })
 }
 
+/// One address family with a gateway: whether it is IPv6, its gateway addresses, and the
+/// bridge's current addresses of that family.
+type GatewayFamily = (bool, Vec<IpNetwork>, Vec<IpNetwork>);
+
+/// Refuses a gateway that an existing bridge's addresses conflict with (without `forceAddress`).
+fn check_bridge_addresses(br: &Link, families: &[GatewayFamily]) -> Result<()> {
+    for (_, mine, existing) in families {
+        for gw in mine.iter().filter(|gw| !existing.contains(gw)) {
+            if let Some(a) = conflicting(existing, mine, gw).next() {
+                return Err(address_conflict(br, gw, a));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn address_conflict(br: &Link, gw: &IpNetwork, a: &IpNetwork) -> CniError {
     CniError::new(
         code::BRIDGE_ADDRESS_CONFLICT,
@@ -271,20 +287,23 @@ impl Plan<'_> {
         record.save(&conf.state_dir)?;
 
         let routes = result_routes(conf, &ipam_res)?;
-        if let (Some(b), true, false) = (&bridge, conf.is_gateway, conf.force_address) {
-            self.check_bridge_addresses(b, &ipam_res.ips).await?;
+        // An existing bridge's addresses, read once: checked before anything on the node is
+        // touched (a refused ADD leaves the bridge as it was), then completed with the gateways.
+        let families = match (&bridge, conf.is_gateway) {
+            (Some(b), true) => Some(self.gateways_by_family(b, &ipam_res.ips).await?),
+            _ => None,
+        };
+        if let (Some(b), Some(f), false) = (&bridge, &families, conf.force_address) {
+            check_bridge_addresses(b, f)?;
         }
         let br = self.bridge(bridge).await?;
         let [host_mac, random_pod_mac] = names::random_macs::<2>()
             .map_err(|e| CniError::new(code::KERNEL, format!("reading /dev/urandom: {e}")))?;
         let pod_mac = self.pod_mac.unwrap_or(random_pod_mac);
         self.create_veth(&br, host_mac, pod_mac, record).await?;
-        let (hv, pv) = futures::join!(
-            self.host.require_link(&record.host_veth),
-            self.pod.require_link(&self.env.ifname)
-        );
-        let (hv, pv) = (hv?, pv?);
+        let pv = self.pod.require_link(&self.env.ifname).await?;
         if conf.hairpin || conf.port_isolation {
+            let hv = self.host.require_link(&record.host_veth).await?;
             self.host
                 .set_bridge_port(
                     hv.index,
@@ -302,20 +321,17 @@ impl Plan<'_> {
         );
 
         if conf.is_gateway {
-            self.gateways(&br, &ipam_res.ips).await?;
+            let families = match families {
+                Some(f) => f,
+                None => self.gateways_by_family(&br, &ipam_res.ips).await?,
+            };
+            self.gateways(&br, families).await?;
         }
         self.pod_side(&pv, &ipam_res.ips, &routes).await?;
 
         let ips: Vec<IpAddr> = ipam_res.ips.iter().map(|i| i.address.ip()).collect();
         if conf.ip_masq && !ips.is_empty() {
-            let subnets = match &conf.ipam {
-                IpamConf::Builtin(cfg) => cfg.subnets(),
-                _ => ipam_res
-                    .ips
-                    .iter()
-                    .filter_map(|i| IpNetwork::new(i.address.network(), i.address.prefix()).ok())
-                    .collect(),
-            };
+            let subnets = masq::subnets(&conf.ipam, &ipam_res.ips);
             masq::add(&conf.name, &ips, &subnets)?;
         }
 
@@ -463,9 +479,9 @@ impl Plan<'_> {
     }
 
     /// Puts each family's gateway on the bridge (as the reference plugin's `ensureAddr`) and
-    /// turns on forwarding.
-    async fn gateways(&self, br: &Link, ips: &[IpConfig]) -> Result<()> {
-        for (v6, mine, existing) in self.gateways_by_family(br, ips).await? {
+    /// turns on forwarding; `families` as [`Self::gateways_by_family`] read them.
+    async fn gateways(&self, br: &Link, families: Vec<GatewayFamily>) -> Result<()> {
+        for (v6, mine, existing) in families {
             for gw in mine.iter().filter(|gw| !existing.contains(gw)) {
                 for a in conflicting(&existing, &mine, gw) {
                     if !self.conf.force_address {
@@ -485,27 +501,8 @@ impl Plan<'_> {
         Ok(())
     }
 
-    /// Refuses, before anything on the node is touched, a gateway that an existing bridge's
-    /// addresses conflict with (without `forceAddress`), so a refused ADD leaves the bridge as
-    /// it was.
-    async fn check_bridge_addresses(&self, br: &Link, ips: &[IpConfig]) -> Result<()> {
-        for (_, mine, existing) in self.gateways_by_family(br, ips).await? {
-            for gw in mine.iter().filter(|gw| !existing.contains(gw)) {
-                if let Some(a) = conflicting(&existing, &mine, gw).next() {
-                    return Err(address_conflict(br, gw, a));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// For each address family that has a gateway: whether it is IPv6, its gateway addresses,
-    /// and the bridge's current addresses of that family.
-    async fn gateways_by_family(
-        &self,
-        br: &Link,
-        ips: &[IpConfig],
-    ) -> Result<Vec<(bool, Vec<IpNetwork>, Vec<IpNetwork>)>> {
+    /// For each address family that has a gateway: see [`GatewayFamily`].
+    async fn gateways_by_family(&self, br: &Link, ips: &[IpConfig]) -> Result<Vec<GatewayFamily>> {
         let gws = gateway_addresses(ips);
         let mut out = Vec::new();
         for v6 in [false, true] {

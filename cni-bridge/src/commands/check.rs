@@ -5,7 +5,7 @@ use nodenet::link::Rtnl;
 use nodenet::netns::NetNs;
 
 use super::{block_on, record_ips};
-use crate::config::{IpamConf, NetConf};
+use crate::config::NetConf;
 use crate::env::Env;
 use crate::error::{code, CniError, Result};
 use crate::ipam::{self, Owner};
@@ -56,14 +56,7 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
         )?;
     }
     if conf.ip_masq && !ips.is_empty() {
-        let subnets: Vec<IpNetwork> = match &conf.ipam {
-            IpamConf::Builtin(cfg) => cfg.subnets(),
-            _ => prev
-                .ips
-                .iter()
-                .filter_map(|i| IpNetwork::new(i.address.network(), i.address.prefix()).ok())
-                .collect(),
-        };
+        let subnets = masq::subnets(&conf.ipam, &prev.ips);
         masq::check(&conf.name, &ips, &subnets)?;
     }
     Ok(())
