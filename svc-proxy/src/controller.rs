@@ -266,15 +266,15 @@ impl<D: Dataplane> Controller<D> {
             }
         }
 
-        self.track_drains(now, subset);
         let desired = self.sources.desired();
         let observed = self.observed.as_ref().expect("dumped above");
         let timeout = self.cfg.graceful_timeout;
         let since = &self.drain_since;
+        // A drain not tracked yet starts now (tracked after the apply, with the others).
         let expired = |k: &ServiceKey, d: &SocketAddr| {
-            since
-                .get(&(*k, *d))
-                .is_some_and(|t| now.saturating_duration_since(*t) >= timeout)
+            since.get(&(*k, *d)).map_or(timeout.is_zero(), |t| {
+                now.saturating_duration_since(*t) >= timeout
+            })
         };
         let ops = match subset {
             Some(s) => plan::plan_subset(desired, observed, s, &expired),

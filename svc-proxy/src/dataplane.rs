@@ -44,7 +44,6 @@ pub mod fake {
     //! A dataplane that keeps kernel state in memory, records every operation, and fails on demand.
 
     use super::*;
-    use crate::model::ObservedDest;
     use crate::plan::Scope;
 
     #[derive(Default)]
@@ -159,10 +158,5 @@ pub mod fake {
             self.cleaned = true;
             Ok(())
         }
-    }
-
-    /// A foreign-looking or adopted real server with `weight`, for seeding the fake kernel.
-    pub fn dest(weight: u32) -> ObservedDest {
-        ObservedDest::new(weight)
     }
 }

@@ -28,62 +28,74 @@ pub fn build(
     let mut conflicts = Vec::new();
     for svc in sorted {
         let svc_slices = by_service.get(&(svc.namespace.as_str(), svc.name.as_str()));
-        let mut vips: Vec<IpAddr> = Vec::new();
-        for ip in svc.cluster_ips.iter().chain(&svc.external_ips) {
-            if !vips.contains(ip) {
-                vips.push(*ip);
+        for (port, key) in virtual_services(svc) {
+            let v4 = key.addr.is_ipv4();
+            let origin = format!(
+                "{}/{} port {}/{}",
+                svc.namespace,
+                svc.name,
+                port.port,
+                port.protocol.as_str().to_uppercase()
+            );
+            let endpoints = match svc_slices {
+                Some(slices) => slice_endpoints(slices, port, v4),
+                None => pod_endpoints(svc, pods, port, v4, &origin),
+            };
+            if let Some(other) = desired.services.get(&key) {
+                conflicts.push(format!(
+                    "{origin}: {key} is already used by {}; skipped",
+                    other.origin
+                ));
+                continue;
             }
+            for ep in &endpoints {
+                desired
+                    .loopback
+                    .insert(LoopbackEntry::for_endpoint(*ep, port.protocol));
+            }
+            let service = VirtualService {
+                key,
+                scheduler: svc
+                    .scheduler
+                    .clone()
+                    .unwrap_or_else(|| default_scheduler.to_string()),
+                persistence: svc.affinity_timeout,
+            };
+            desired.services.insert(
+                key,
+                DesiredService {
+                    service,
+                    endpoints,
+                    origin,
+                },
+            );
         }
-        for port in &svc.ports {
-            for vip in &vips {
-                let endpoints = match svc_slices {
-                    Some(slices) => slice_endpoints(slices, port, vip.is_ipv4()),
-                    None => pod_endpoints(svc, pods, port, vip.is_ipv4()),
-                };
+    }
+    (desired, conflicts)
+}
+
+/// The virtual services a Service asks for: each of its ports on each of its distinct VIPs
+/// (cluster IPs, then external IPs), port by port.
+pub fn virtual_services(svc: &Service) -> Vec<(&ServicePort, ServiceKey)> {
+    let mut vips: Vec<IpAddr> = Vec::new();
+    for ip in svc.cluster_ips.iter().chain(&svc.external_ips) {
+        if !vips.contains(ip) {
+            vips.push(*ip);
+        }
+    }
+    svc.ports
+        .iter()
+        .flat_map(|port| {
+            vips.iter().map(move |vip| {
                 let key = ServiceKey {
                     addr: *vip,
                     protocol: port.protocol,
                     port: port.port,
                 };
-                let origin = format!(
-                    "{}/{} port {}/{}",
-                    svc.namespace,
-                    svc.name,
-                    port.port,
-                    port.protocol.as_str().to_uppercase()
-                );
-                if let Some(other) = desired.services.get(&key) {
-                    conflicts.push(format!(
-                        "{origin}: {key} is already used by {}; skipped",
-                        other.origin
-                    ));
-                    continue;
-                }
-                for ep in &endpoints {
-                    desired
-                        .loopback
-                        .insert(LoopbackEntry::for_endpoint(*ep, port.protocol));
-                }
-                let service = VirtualService {
-                    key,
-                    scheduler: svc
-                        .scheduler
-                        .clone()
-                        .unwrap_or_else(|| default_scheduler.to_string()),
-                    persistence: svc.affinity_timeout,
-                };
-                desired.services.insert(
-                    key,
-                    DesiredService {
-                        service,
-                        endpoints,
-                        origin,
-                    },
-                );
-            }
-        }
-    }
-    (desired, conflicts)
+                (port, key)
+            })
+        })
+        .collect()
 }
 
 /// Endpoints of one Service port from its EndpointSlices: the ready ones, or, when none is ready,
@@ -129,6 +141,7 @@ fn pod_endpoints(
     pods: &[&Pod],
     port: &ServicePort,
     v4: bool,
+    origin: &str,
 ) -> BTreeSet<SocketAddr> {
     let Some(selector) = &svc.selector else {
         return BTreeSet::new();
@@ -142,13 +155,9 @@ fn pod_endpoints(
         TargetPort::Named(name) => {
             if selected.peek().is_some() {
                 log::warn!(
-                    "{}/{} port {}/{}: targetPort {name:?} is a port name, which pods from \
-                     attachment records cannot resolve (they do not list container ports); \
-                     give an EndpointSlice or a port number",
-                    svc.namespace,
-                    svc.name,
-                    port.port,
-                    port.protocol.as_str().to_uppercase()
+                    "{origin}: targetPort {name:?} is a port name, which pods from attachment \
+                     records cannot resolve (they do not list container ports); give an \
+                     EndpointSlice or a port number"
                 );
             }
             return BTreeSet::new();

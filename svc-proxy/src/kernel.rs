@@ -63,14 +63,14 @@ pub struct Kernel {
     dummy_index: Option<u32>,
     /// The missing-`br_netfilter` warning is logged once.
     warned_bridge: bool,
-    /// The running iptables check, if any, and whether it covers IPv6.
-    rules_check: Option<(std::thread::JoinHandle<()>, bool)>,
+    /// The running iptables check of each family (IPv4, IPv6), if any.
+    rules_check: [Option<std::thread::JoinHandle<()>>; 2],
 }
 
 impl Drop for Kernel {
     /// Lets a started rules check finish (`--once` exits right after its sync).
     fn drop(&mut self) {
-        if let Some((h, _)) = self.rules_check.take() {
+        for h in self.rules_check.iter_mut().filter_map(Option::take) {
             let _ = h.join();
         }
     }
@@ -120,7 +120,7 @@ impl Kernel {
             v6: false,
             dummy_index: None,
             warned_bridge: false,
-            rules_check: None,
+            rules_check: [None, None],
         })
     }
 
@@ -154,7 +154,18 @@ impl Kernel {
             .collect())
     }
 
-    fn ensure_sysctls(&mut self) -> Result<()> {
+    /// The families whose loop-back state is ensured (`true` = IPv6): IPv4 always, IPv6 once
+    /// in use.
+    fn families(&self) -> &'static [bool] {
+        if self.v6 {
+            &[false, true]
+        } else {
+            &[false]
+        }
+    }
+
+    /// The sysctls one family needs.
+    fn ensure_sysctls(&mut self, v6: bool) -> Result<()> {
         let mut first = None;
         let mut set = |key: &str, value: &str| match sysctl::ensure(key, value) {
             Ok(true) => log::info!("set {key}={value}"),
@@ -163,50 +174,46 @@ impl Kernel {
                 first.get_or_insert(err("sysctl")(&e));
             }
         };
-        for (key, value) in SYSCTLS {
-            set(key, value);
-        }
-        if self.v6 {
+        let bridge_key = if v6 {
             for (key, value) in SYSCTLS6 {
                 set(key, value);
             }
-        }
-        match sysctl::read("kernel.osrelease") {
-            Ok(release) if needs_conn_reuse_mode_0(&release) => {
-                set("net.ipv4.vs.conn_reuse_mode", "0")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                log::warn!("kernel version unknown ({e}); net.ipv4.vs.conn_reuse_mode left as is")
-            }
-        }
-        let bridge_keys: &[&str] = if self.v6 {
-            &[BRIDGE_NF_CALL_IPTABLES, BRIDGE_NF_CALL_IP6TABLES]
+            BRIDGE_NF_CALL_IP6TABLES
         } else {
-            &[BRIDGE_NF_CALL_IPTABLES]
-        };
-        for key in bridge_keys {
-            match sysctl::read(key) {
-                Ok(v) if v == "1" => {}
-                Ok(_) => match sysctl::write(key, "1") {
-                    Ok(()) => log::info!(
-                        "set {key}=1 (replies from a pod on the same bridge must pass conntrack)"
-                    ),
-                    Err(e) => {
-                        first.get_or_insert(err("sysctl")(&e));
-                    }
-                },
-                Err(SysctlError::NotFound(_)) if !self.warned_bridge => {
-                    self.warned_bridge = true;
-                    log::warn!(
-                        "{key} does not exist (br_netfilter not loaded): a pod cannot reach a VIP \
-                         served by a pod on the same bridge until it is"
-                    );
+            for (key, value) in SYSCTLS {
+                set(key, value);
+            }
+            match sysctl::read("kernel.osrelease") {
+                Ok(release) if needs_conn_reuse_mode_0(&release) => {
+                    set("net.ipv4.vs.conn_reuse_mode", "0")
                 }
-                Err(SysctlError::NotFound(_)) => {}
+                Ok(_) => {}
+                Err(e) => log::warn!(
+                    "kernel version unknown ({e}); net.ipv4.vs.conn_reuse_mode left as is"
+                ),
+            }
+            BRIDGE_NF_CALL_IPTABLES
+        };
+        match sysctl::read(bridge_key) {
+            Ok(v) if v == "1" => {}
+            Ok(_) => match sysctl::write(bridge_key, "1") {
+                Ok(()) => log::info!(
+                    "set {bridge_key}=1 (replies from a pod on the same bridge must pass conntrack)"
+                ),
                 Err(e) => {
                     first.get_or_insert(err("sysctl")(&e));
                 }
+            },
+            Err(SysctlError::NotFound(_)) if !self.warned_bridge => {
+                self.warned_bridge = true;
+                log::warn!(
+                    "{bridge_key} does not exist (br_netfilter not loaded): a pod cannot reach a \
+                     VIP served by a pod on the same bridge until it is"
+                );
+            }
+            Err(SysctlError::NotFound(_)) => {}
+            Err(e) => {
+                first.get_or_insert(err("sysctl")(&e));
             }
         }
         first.map_or(Ok(()), Err)
@@ -243,37 +250,31 @@ impl Kernel {
         self.ensure_set(true)?;
         self.v6 = true;
         log::info!("IPv6 endpoints: ensuring the IPv6 loop-back set, rule and sysctls too");
-        self.check_rules();
-        if let Err(e) = self.ensure_sysctls() {
+        self.check_rules(true);
+        if let Err(e) = self.ensure_sysctls(true) {
             log::error!("{e}");
         }
         Ok(())
     }
 
-    /// Starts a check of the iptables rules on a thread of its own unless one is running: each
-    /// check execs iptables a few times, which must not hold up the reconcile loop.
-    /// A running check that does not cover IPv6 when it is needed is waited for and followed by
-    /// one that does.
-    fn check_rules(&mut self) {
-        let v6 = self.v6;
-        if let Some((h, _)) = self
-            .rules_check
-            .take_if(|(h, covers_v6)| h.is_finished() || (v6 && !*covers_v6))
-        {
+    /// Starts a check of one family's iptables rules on a thread of its own unless one is
+    /// running: each check execs iptables a few times, which must not hold up the reconcile loop.
+    fn check_rules(&mut self, v6: bool) {
+        let slot = &mut self.rules_check[usize::from(v6)];
+        if let Some(h) = slot.take_if(|h| h.is_finished()) {
             let _ = h.join();
         }
-        if self.rules_check.is_none() {
-            let ipt = self.iptables.clone();
-            let ipt6 = self.iptables6.clone();
-            let handle = std::thread::spawn(move || {
-                let checks = [(&ipt, false), (&ipt6, true)];
-                for (ipt, family_v6) in checks.into_iter().filter(|(_, f)| v6 || !f) {
-                    if let Err(e) = ensure_rules(ipt, loopback_set(family_v6)) {
-                        log::error!("{e}");
-                    }
+        if slot.is_none() {
+            let ipt = if v6 {
+                self.iptables6.clone()
+            } else {
+                self.iptables.clone()
+            };
+            *slot = Some(std::thread::spawn(move || {
+                if let Err(e) = ensure_rules(&ipt, loopback_set(v6)) {
+                    log::error!("{e}");
                 }
-            });
-            self.rules_check = Some((handle, v6));
+            }));
         }
     }
 
@@ -289,8 +290,7 @@ impl Kernel {
                 Op::DelAddress(ip) => (*ip, false),
                 _ => unreachable!("only address operations are batched here"),
             };
-            let net = IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 })
-                .expect("host prefix is valid");
+            let net = IpNetwork::from(ip);
             let r = if add {
                 rtnl.add_address(index, net).await
             } else {
@@ -441,7 +441,7 @@ fn observed_dests(dests: Vec<Destination>) -> BTreeMap<std::net::SocketAddr, Obs
 
 /// IPv6 link-local addresses: the kernel gives one to every device; they are not VIPs.
 fn is_link_local(ip: &IpAddr) -> bool {
-    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+    matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
 /// Ensures the nat chain, its one rule (matching `set`) and the jump from POSTROUTING
@@ -500,12 +500,17 @@ impl Dataplane for Kernel {
             .block_on(self.rtnl.ensure_dummy(&self.dummy))
             .map_err(|e| err(format!("dummy device {}", self.dummy))(&e))?;
         self.dummy_index = Some(link.index);
-        self.ensure_set(false)?;
-        if self.v6 {
-            self.ensure_set(true)?;
+        for &v6 in self.families() {
+            self.ensure_set(v6)?;
         }
-        self.check_rules();
-        self.ensure_sysctls()
+        for &v6 in self.families() {
+            self.check_rules(v6);
+        }
+        let mut result = Ok(());
+        for &v6 in self.families() {
+            result = result.and(self.ensure_sysctls(v6));
+        }
+        result
     }
 
     fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed> {
@@ -618,7 +623,7 @@ impl Dataplane for Kernel {
                 first.get_or_insert(DataplaneError(format!("removing {what}: {e}")));
             }
         };
-        if let Some((h, _)) = self.rules_check.take() {
+        for h in self.rules_check.iter_mut().filter_map(Option::take) {
             let _ = h.join();
         }
         for (ipt, v6) in [(&self.iptables, false), (&self.iptables6, true)] {

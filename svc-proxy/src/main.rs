@@ -61,7 +61,7 @@ struct Inputs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     attachments: PathBuf,
     /// IPVS scheduler for Services without the `svc-proxy/scheduler` annotation.
-    #[arg(long, value_name = "NAME", default_value = "rr", value_parser = parse_scheduler)]
+    #[arg(long, value_name = "NAME", default_value = svc_proxy::model::DEFAULT_SCHEDULER, value_parser = parse_scheduler)]
     scheduler: String,
 }
 

@@ -18,6 +18,51 @@ type Stamp = (Option<SystemTime>, u64);
 struct ManifestFile {
     stamp: Stamp,
     objects: Vec<Object>,
+    /// Position of each Service by `namespace/name` (unique within a file: `parse` rejects
+    /// duplicates), so a lookup does not scan a large `List` file.
+    services: HashMap<String, usize>,
+    /// Positions of the EndpointSlices of each Service (`namespace/name`).
+    slices: HashMap<String, Vec<usize>>,
+}
+
+impl ManifestFile {
+    fn new(stamp: Stamp, objects: Vec<Object>) -> ManifestFile {
+        let mut services = HashMap::new();
+        let mut slices: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, o) in objects.iter().enumerate() {
+            match o {
+                Object::Service(s) => {
+                    services.insert(service_name(&s.namespace, &s.name), i);
+                }
+                Object::EndpointSlice(e) => slices
+                    .entry(service_name(&e.namespace, &e.service_name))
+                    .or_default()
+                    .push(i),
+            }
+        }
+        ManifestFile {
+            stamp,
+            objects,
+            services,
+            slices,
+        }
+    }
+
+    fn service(&self, name: &str) -> Option<&Service> {
+        match &self.objects[*self.services.get(name)?] {
+            Object::Service(s) => Some(s),
+            Object::EndpointSlice(_) => None,
+        }
+    }
+
+    /// The EndpointSlices of Service `name` in this file.
+    fn slices_of<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        let at = self.slices.get(name).map_or(&[][..], |v| &v[..]);
+        at.iter().filter_map(|&i| match &self.objects[i] {
+            Object::EndpointSlice(e) => Some(e),
+            Object::Service(_) => None,
+        })
+    }
 }
 
 /// What an input change asks to re-derive.
@@ -113,9 +158,12 @@ impl Sources {
         for p in paths {
             if p.starts_with(&self.attachments) {
                 if attachments::is_record_name(p) {
-                    let old = self.pods.get(p).cloned();
-                    if self.reload_pod(p) {
-                        let new = self.pods.get(p).cloned();
+                    let new = attachments::load(p);
+                    let old = match &new {
+                        Some(pod) => self.pods.insert(p.clone(), pod.clone()),
+                        None => self.pods.remove(p),
+                    };
+                    if old != new {
                         change.add(self.selecting(old.iter().chain(new.iter())));
                     }
                 } else if (p.is_dir() || p == &self.attachments) && self.rescan_attachments() {
@@ -166,13 +214,9 @@ impl Sources {
 
     /// The definition in effect of Service `name` (`namespace/name`).
     fn service(&self, name: &str) -> Option<&Service> {
-        let file = self
-            .files
-            .get(self.owner.get(&format!("Service {name}"))?)?;
-        file.objects.iter().find_map(|o| match o {
-            Object::Service(s) if service_name(&s.namespace, &s.name) == name => Some(s),
-            _ => None,
-        })
+        self.files
+            .get(self.owner.get(&format!("Service {name}"))?)?
+            .service(name)
     }
 
     /// Files Service `name` in `by_label` under its current definition (or removes it).
@@ -325,7 +369,7 @@ impl Sources {
             Ok(objects) => {
                 let old = self
                     .files
-                    .insert(path.to_path_buf(), ManifestFile { stamp, objects });
+                    .insert(path.to_path_buf(), ManifestFile::new(stamp, objects));
                 let objects = &self.files[path].objects;
                 let changed = old.is_none_or(|o| o.objects != *objects);
                 if changed {
@@ -339,10 +383,7 @@ impl Sources {
                 self.files
                     .entry(path.to_path_buf())
                     .and_modify(|f| f.stamp = stamp)
-                    .or_insert(ManifestFile {
-                        stamp,
-                        objects: Vec::new(),
-                    });
+                    .or_insert(ManifestFile::new(stamp, Vec::new()));
                 false
             }
         }
@@ -359,13 +400,6 @@ impl Sources {
         let changed = pods != self.pods;
         self.pods = pods;
         changed
-    }
-
-    fn reload_pod(&mut self, path: &Path) -> bool {
-        match attachments::load(path) {
-            Some(pod) => self.pods.insert(path.to_path_buf(), pod.clone()) != Some(pod),
-            None => self.pods.remove(path).is_some(),
-        }
     }
 
     /// The desired state from the last good inputs. An object defined in two files is taken from
@@ -518,15 +552,12 @@ impl Sources {
         for name in names {
             services.extend(self.service(name));
             for p in self.slice_files.get(name).into_iter().flatten() {
-                let objects = self.files.get(p).map_or(&[][..], |f| &f.objects[..]);
-                slices.extend(objects.iter().filter_map(|o| match o {
-                    Object::EndpointSlice(e)
-                        if service_name(&e.namespace, &e.service_name) == *name =>
-                    {
-                        Some(e)
-                    }
-                    _ => None,
-                }));
+                slices.extend(
+                    self.files
+                        .get(p)
+                        .into_iter()
+                        .flat_map(|f| f.slices_of(name)),
+                );
             }
         }
         let pods: Vec<&Pod> = self.pods.values().collect();
@@ -557,23 +588,11 @@ fn service_name(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-/// The virtual services a Service asks for: each of its ports on each of its VIPs.
+/// The virtual services a Service asks for (as [`crate::desired::build`] derives them).
 fn service_keys(s: &Service) -> Vec<ServiceKey> {
-    let mut vips: Vec<std::net::IpAddr> = Vec::new();
-    for ip in s.cluster_ips.iter().chain(&s.external_ips) {
-        if !vips.contains(ip) {
-            vips.push(*ip);
-        }
-    }
-    s.ports
-        .iter()
-        .flat_map(|p| {
-            vips.iter().map(|vip| ServiceKey {
-                addr: *vip,
-                protocol: p.protocol,
-                port: p.port,
-            })
-        })
+    crate::desired::virtual_services(s)
+        .into_iter()
+        .map(|(_, key)| key)
         .collect()
 }
 
