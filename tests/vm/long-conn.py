@@ -2,7 +2,7 @@
 """Holds one TCP connection to HOST:PORT and sends an HTTP/1.1 request on it each time asked.
 
 Usage: long-conn.py HOST PORT DIR
-Writes DIR/answer.1 (pod name of the first answer), then for N = 2, 3, ... waits until DIR/go.N
+Writes DIR/answer.1 ("POD LOCAL-ADDRESS:PORT": who answered, over which connection), then for
 exists and writes DIR/answer.N from the same socket. Stops when DIR/stop exists; exits non-zero
 (with the reason on stderr) when the connection breaks. A plain socket, so it cannot silently
 reconnect the way http.client would.
