@@ -3,7 +3,7 @@
 
 Usage: long-conn.py HOST PORT DIR
 Writes DIR/answer.1 ("POD LOCAL-ADDRESS:PORT": who answered, over which connection), then for
-exists and writes DIR/answer.N from the same socket. Stops when DIR/stop exists; exits non-zero
+N = 2, 3, ... waits until DIR/go.N exists and writes DIR/answer.N from the same socket. Stops when DIR/stop exists; exits non-zero
 (with the reason on stderr) when the connection breaks. A plain socket, so it cannot silently
 reconnect the way http.client would.
 """
