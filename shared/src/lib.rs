@@ -7,8 +7,11 @@
 //! - [`iptables`]: the few static rules, ensured by exec'ing `iptables -w` (never per entry).
 //! - [`ipset`]: the ipset nfnetlink family, encoded here (`ipset create/add/del/list`).
 //! - [`ipvs`]: the IPVS generic-netlink family, encoded here (`ipvsadm -A/-a/-D/-d/-L`).
-//! - [`nl`]: the small synchronous netlink request/ack/dump layer `ipset` and `ipvs` share.
+//! - [`conntrack`]: connection tracking over ctnetlink, encoded here (`conntrack -L/-G/-D`).
+//! - [`nl`]: the small synchronous netlink request/ack/dump layer `ipset`, `ipvs` and
+//!   `conntrack` share.
 
+pub mod conntrack;
 pub mod ipset;
 pub mod iptables;
 pub mod ipvs;
