@@ -1,6 +1,8 @@
 //! The ctnetlink messages (nfnetlink subsystem `NFNL_SUBSYS_CTNETLINK`), encoded and decoded
 //! without I/O (`include/uapi/linux/netfilter/nfnetlink_conntrack.h`). Lookups and deletions by
-//! tuple are byte for byte what `conntrack` 1.4.7 (libnetfilter_conntrack 1.0.9) sends.
+//! tuple are byte for byte what `conntrack` 1.4.7 (libnetfilter_conntrack 1.0.9) sends, less the
+//! attributes the kernel ignores there (the tool's TCP flags on a lookup, the rest of the dumped
+//! flow on a deletion).
 //!
 //! Every request is `nlmsghdr` with type `(NFNL_SUBSYS_CTNETLINK << 8) | msg`, an `nfgenmsg`
 //! whose family is the flows' (`AF_INET`/`AF_INET6`, version 0, res_id 0), and attributes.
