@@ -1,45 +1,42 @@
-//! Turns Services, EndpointSlices and attached pods into the desired kernel state.
+//! Turns the Services in the store, with their EndpointSlices (or attached pods), into the desired
+//! kernel state. Pure: reads the store, touches nothing.
 
-use crate::attachments::Pod;
-use crate::manifest::{EndpointSlice, Service, ServicePort, TargetPort};
 use crate::model::{Desired, DesiredService, LoopbackEntry, ServiceKey, VirtualService};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::objects::{EndpointSlice, NamespacedName, Service, ServicePort, TargetPort};
+use crate::store::{SourceId, Store};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-/// Builds the desired state. Services are taken in `namespace/name` order; a VIP:port/protocol
-/// that an earlier Service already claims is skipped and reported in the returned list.
-pub fn build(
-    services: &[&Service],
-    slices: &[&EndpointSlice],
-    pods: &[&Pod],
+/// Builds the desired state of the Services `names` (taken in the order given; callers pass
+/// namespace/name order). A VIP:port/protocol that an earlier Service already claims is skipped
+/// and reported in the returned list.
+pub fn build<'a>(
+    names: impl IntoIterator<Item = &'a NamespacedName>,
+    store: &Store,
     default_scheduler: &str,
 ) -> (Desired, Vec<String>) {
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        by_service
-            .entry((&s.namespace, &s.service_name))
-            .or_default()
-            .push(s);
-    }
-    let mut sorted: Vec<&Service> = services.to_vec();
-    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-
     let mut desired = Desired::default();
     let mut conflicts = Vec::new();
-    for svc in sorted {
-        let svc_slices = by_service.get(&(svc.namespace.as_str(), svc.name.as_str()));
+    for name in names {
+        let Some((source, svc)) = store.service(name) else {
+            continue;
+        };
+        let slices = store.slices(name);
         for (port, key) in virtual_services(svc) {
             let v4 = key.addr.is_ipv4();
             let origin = format!(
-                "{}/{} port {}/{}",
-                svc.namespace,
-                svc.name,
+                "{name} port {}/{}",
                 port.port,
                 port.protocol.as_str().to_uppercase()
             );
-            let endpoints = match svc_slices {
-                Some(slices) => slice_endpoints(slices, port, v4),
-                None => pod_endpoints(svc, pods, port, v4, &origin),
+            let endpoints = if !slices.is_empty() {
+                slice_endpoints(&slices, port, v4)
+            } else if source != SourceId::Api {
+                pod_endpoints(svc, store, port, v4, &origin)
+            } else {
+                // The API's EndpointSlice controller speaks for the Services it knows; pods
+                // attached on this node are no stand-in for their endpoints.
+                BTreeSet::new()
             };
             if let Some(other) = desired.services.get(&key) {
                 conflicts.push(format!(
@@ -107,7 +104,7 @@ fn slice_endpoints(
 ) -> BTreeSet<SocketAddr> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
-    for slice in slices {
+    for slice in slices.iter().filter(|s| s.ipv6 != v4) {
         let Some(sp) = slice
             .ports
             .iter()
@@ -123,7 +120,7 @@ fn slice_endpoints(
             } else {
                 continue;
             };
-            for addr in ep.addresses.iter().filter(|a| a.is_ipv4() == v4) {
+            for addr in &ep.addresses {
                 into.insert(SocketAddr::new(*addr, sp.port));
             }
         }
@@ -138,7 +135,7 @@ fn slice_endpoints(
 /// Endpoints of one Service port from the pods cni-bridge attached whose labels match.
 fn pod_endpoints(
     svc: &Service,
-    pods: &[&Pod],
+    store: &Store,
     port: &ServicePort,
     v4: bool,
     origin: &str,
@@ -146,14 +143,11 @@ fn pod_endpoints(
     let Some(selector) = &svc.selector else {
         return BTreeSet::new();
     };
-    let mut selected = pods
-        .iter()
-        .filter(|p| p.matches(&svc.namespace, selector))
-        .peekable();
+    let selected = store.pods_matching(&svc.namespace, selector);
     let target = match &port.target_port {
         TargetPort::Number(n) => *n,
         TargetPort::Named(name) => {
-            if selected.peek().is_some() {
+            if !selected.is_empty() {
                 log::warn!(
                     "{origin}: targetPort {name:?} is a port name, which pods from attachment \
                      records cannot resolve (they do not list container ports); give an \
@@ -164,6 +158,7 @@ fn pod_endpoints(
         }
     };
     selected
+        .iter()
         .flat_map(|p| p.addresses.iter())
         .filter(|a| a.is_ipv4() == v4)
         .map(|a| SocketAddr::new(*a, target))
@@ -173,40 +168,33 @@ fn pod_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{parse, Object};
+    use crate::manifest::parse;
+    use crate::objects::{Object, Pod};
+    use crate::store::Delta;
+    use crate::validate::Filter;
 
-    fn objects(yaml: &str) -> Vec<Object> {
-        parse("t.yaml", yaml, false).unwrap()
+    /// A store holding `yaml`'s objects from `source`, and `pods` from records.
+    fn store(yaml: &str, source: SourceId, pods: &[Pod]) -> Store {
+        let mut st = Store::new("n1");
+        for o in parse("t.yaml", yaml, false, &Filter::default()).unwrap() {
+            st.apply(source, Delta::Apply(o));
+        }
+        for p in pods {
+            st.apply(SourceId::Records, Delta::Apply(Object::Pod(p.clone())));
+        }
+        st
     }
 
-    fn run(objs: &[Object], pods: &[Pod]) -> (Desired, Vec<String>) {
-        let services: Vec<&Service> = objs
-            .iter()
-            .filter_map(|o| {
-                if let Object::Service(s) = o {
-                    Some(s)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let slices: Vec<&EndpointSlice> = objs
-            .iter()
-            .filter_map(|o| {
-                if let Object::EndpointSlice(s) = o {
-                    Some(s)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        let pods: Vec<&Pod> = pods.iter().collect();
-        build(&services, &slices, &pods, "rr")
+    fn run(yaml: &str, pods: &[Pod]) -> (Desired, Vec<String>) {
+        let st = store(yaml, SourceId::Files, pods);
+        let names: Vec<NamespacedName> = st.service_names().cloned().collect();
+        build(&names, &st, "rr")
     }
 
-    fn pod(ns: &str, ip: &str, labels: &[(&str, &str)]) -> Pod {
+    fn pod(ns: &str, name: &str, ip: &str, labels: &[(&str, &str)]) -> Pod {
         Pod {
             namespace: ns.into(),
+            name: name.into(),
             addresses: vec![ip.parse().unwrap()],
             labels: labels
                 .iter()
@@ -235,16 +223,17 @@ mod tests {
     #[test]
     fn selector_takes_matching_pods_of_the_same_namespace() {
         let pods = [
-            pod("default", "10.0.0.11", &[("component", "app")]),
+            pod("default", "p1", "10.0.0.11", &[("component", "app")]),
             pod(
                 "default",
+                "p2",
                 "10.0.0.21",
                 &[("component", "app"), ("tier", "x")],
             ),
-            pod("other", "10.0.0.31", &[("component", "app")]),
-            pod("default", "10.0.0.41", &[("component", "db")]),
+            pod("other", "p3", "10.0.0.31", &[("component", "app")]),
+            pod("default", "p4", "10.0.0.41", &[("component", "db")]),
         ];
-        let (d, conflicts) = run(&objects(SCENARIO), &pods);
+        let (d, conflicts) = run(SCENARIO, &pods);
         assert!(conflicts.is_empty());
         assert_eq!(
             eps(&d, "10.100.100.100 8080/tcp"),
@@ -260,19 +249,30 @@ mod tests {
         assert_eq!(d.services.values().next().unwrap().service.scheduler, "rr");
     }
 
+    /// Records stand in for EndpointSlices only for Services from files: the API's
+    /// EndpointSlice controller speaks for the API's Services.
+    #[test]
+    fn pods_from_records_never_feed_a_service_from_the_api() {
+        let pods = [pod("default", "p1", "10.0.0.11", &[("component", "app")])];
+        let st = store(SCENARIO, SourceId::Api, &pods);
+        let names: Vec<NamespacedName> = st.service_names().cloned().collect();
+        let (d, _) = build(&names, &st, "rr");
+        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), Vec::<String>::new());
+    }
+
     /// A named targetPort is fine with EndpointSlices (they carry the port); pods from records
     /// cannot resolve it, so that port gets no endpoints from them (and a warning).
     #[test]
     fn a_named_target_port_needs_an_endpoint_slice() {
         let named = SCENARIO.replace("targetPort: 8080", "targetPort: web");
         assert_ne!(named, SCENARIO, "the scenario names its targetPort");
-        let pods = [pod("default", "10.0.0.11", &[("component", "app")])];
-        let (d, _) = run(&objects(&named), &pods);
+        let pods = [pod("default", "p1", "10.0.0.11", &[("component", "app")])];
+        let (d, _) = run(&named, &pods);
         assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), Vec::<String>::new());
         let with_slice = format!(
             "{named}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a1, labels: {{kubernetes.io/service-name: app-service}}}}\naddressType: IPv4\nports: [{{port: 9376}}]\nendpoints: [{{addresses: [10.0.0.11]}}]\n"
         );
-        let (d, _) = run(&objects(&with_slice), &pods);
+        let (d, _) = run(&with_slice, &pods);
         assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.0.0.11:9376"]);
     }
 
@@ -291,21 +291,21 @@ endpoints:
 - {{addresses: [10.1.0.3], conditions: {{ready: false, serving: false}}}}
 "
         );
-        let pods = [pod("default", "10.0.0.11", &[("component", "app")])];
-        let (d, _) = run(&objects(&yaml), &pods);
+        let pods = [pod("default", "p1", "10.0.0.11", &[("component", "app")])];
+        let (d, _) = run(&yaml, &pods);
         assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.1.0.1:9090"]);
 
         let only_terminating = yaml.replace("- {addresses: [10.1.0.1]}\n", "");
-        let (d, _) = run(&objects(&only_terminating), &pods);
+        let (d, _) = run(&only_terminating, &pods);
         assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.1.0.2:9090"]);
     }
 
     #[test]
     fn cluster_and_external_ips_get_every_port_and_family_matched_endpoints() {
         let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, annotations: {svc-proxy/scheduler: sh}}\nspec:\n  clusterIPs: [10.96.0.5, \"fd00::5\"]\n  externalIPs: [192.0.2.5]\n  selector: {app: s}\n  sessionAffinity: ClientIP\n  ports: [{name: a, port: 80, targetPort: 8080}, {name: b, port: 53, protocol: UDP}]\n";
-        let mut p = pod("default", "10.0.0.11", &[("app", "s")]);
+        let mut p = pod("default", "p1", "10.0.0.11", &[("app", "s")]);
         p.addresses.push("fd00::11".parse().unwrap());
-        let (d, _) = run(&objects(yaml), &[p]);
+        let (d, _) = run(yaml, &[p]);
         assert_eq!(d.services.len(), 6);
         assert_eq!(eps(&d, "fd00::5 80/tcp"), vec!["[fd00::11]:8080"]);
         assert_eq!(eps(&d, "192.0.2.5 53/udp"), vec!["10.0.0.11:53"]);
@@ -336,7 +336,7 @@ endpoints:
             "{SCENARIO}---\n{}",
             SCENARIO.replace("name: app-service", "name: aaa")
         );
-        let (d, conflicts) = run(&objects(&yaml), &[]);
+        let (d, conflicts) = run(&yaml, &[]);
         assert_eq!(d.services.len(), 1);
         assert_eq!(
             d.services.values().next().unwrap().origin,

@@ -1,57 +1,87 @@
-//! A minimal HTTP/1.1 responder for `GET /healthz` and `GET /metrics` (one request per connection).
+//! The HTTP endpoints (axum): on the healthz address kube-proxy's `/healthz` and `/livez` (JSON,
+//! 200 or 503, see [`crate::health`]); on the metrics address `/metrics` (Prometheus text),
+//! `/healthz` (a plain `ok` while the process runs, as kube-proxy's metrics server has) and
+//! `/proxyMode` (`ipvs`).
 
+use crate::health::Health;
 use crate::metrics::Metrics;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Serves until the process exits, one short-lived thread per connection.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>, health_window: Duration) {
-    for stream in listener.incoming().flatten() {
-        let metrics = metrics.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = answer(stream, &metrics, health_window) {
-                log::debug!("http: {e}");
-            }
-        });
-    }
+#[derive(Clone)]
+struct Shared {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
 }
 
-fn answer(stream: TcpStream, metrics: &Metrics, health_window: Duration) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
-    }
-    let mut parts = request.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") if metrics.healthy(Instant::now(), health_window) => {
-            ("200 OK", "text/plain", "ok\n".to_string())
-        }
-        ("GET", "/healthz") => (
-            "503 Service Unavailable",
-            "text/plain",
-            "kernel state not synced recently\n".to_string(),
-        ),
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n".to_string(),
-        ),
+fn health_answer(s: &Shared, live: bool) -> impl IntoResponse {
+    let report = s.health.report(Instant::now(), live);
+    let ok = report.ok();
+    s.metrics.health_answer(live, ok);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut out = stream;
-    write!(
-        out,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    out.flush()
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        report.json(),
+    )
+}
+
+async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
+    health_answer(&s, false)
+}
+
+async fn livez(State(s): State<Shared>) -> impl IntoResponse {
+    health_answer(&s, true)
+}
+
+async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// Serves `/healthz` and `/livez` on `listener` until the runtime stops.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .with_state(Shared { health, metrics });
+    axum::serve(listener, app).await
+}
+
+/// Serves `/metrics`, `/healthz` and `/proxyMode` on `listener` until the runtime stops.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    metrics_state: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/proxyMode", get(|| async { "ipvs" }))
+        .with_state(Shared {
+            health,
+            metrics: metrics_state,
+        });
+    axum::serve(listener, app).await
 }

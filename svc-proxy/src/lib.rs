@@ -1,31 +1,39 @@
 //! svc-proxy: Kubernetes Services on IPVS, a dummy VIP device and ipset-driven hairpin masquerade.
 //!
-//! Layout (data flows top to bottom):
-//! - [`manifest`]: Service / EndpointSlice manifests (YAML, JSON) parsed and validated.
-//! - [`attachments`]: cni-bridge attachment records, the pods attached on this node.
-//! - [`sources`]: watched inputs, last good state per file; the desired state re-derived per
-//!   changed Service, so one change costs the same at any number of Services.
-//! - [`desired`]: inputs -> [`model::Desired`] (virtual services, real servers, loop-back entries).
-//! - [`model`]: the desired and observed kernel state, and the one ownership rule.
-//! - [`plan`]: the pure planner, `plan(desired, observed) -> Vec<Op>`, and `plan_subset` for
-//!   the virtual services and loop-back entries one change touched.
-//! - [`dataplane`]: the kernel seen through a trait (dump, apply); [`kernel`] implements it over
+//! Layers, data flowing top to bottom (see docs/ARCHITECTURE.md):
+//! - **sources** ([`source`]): pluggable watchers — manifest files ([`source::files`]),
+//!   cni-bridge attachment records ([`source::records`]), the Kubernetes API ([`source::kube`]) —
+//!   that report typed deltas ([`store::Delta`]). Every object is judged by [`validate`] (and
+//!   manifests are decoded by [`manifest`]) into the [`objects`] svc-proxy programs.
+//! - **store** ([`store`]): every source's objects by reference, one effective version each (a
+//!   defined precedence), the indexes derivation needs, and whether every source has listed.
+//! - **derive** ([`derive`], [`desired`]): store -> [`model::Desired`], per changed Service.
+//! - **plan** ([`plan`]): the pure planner, `plan(desired, observed) -> Vec<Op>`.
+//! - **apply** ([`dataplane`]): the kernel behind a trait; [`kernel`] implements it over
 //!   `nodenet`, a recording fake implements it for tests.
-//! - [`controller`]: the reconcile loop (events, resync, backoff, graceful draining).
-//! - [`watch`], [`http`], [`metrics`], [`logger`]: file watching, `/healthz` + `/metrics`, logging.
+//!
+//! [`controller`] runs the loop (batching, min/full sync periods, backoff, draining);
+//! [`daemon`] wires it all from [`config`]-resolved settings; [`http`], [`health`],
+//! [`metrics`], [`instance`] and [`logger`] are the operator-facing parts.
 
-pub mod attachments;
+pub mod config;
 pub mod controller;
+pub mod daemon;
 pub mod dataplane;
+pub mod derive;
 pub mod desired;
+pub mod health;
 pub mod http;
+pub mod instance;
 pub mod kernel;
 pub mod logger;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod objects;
 pub mod plan;
 #[cfg(test)]
 mod scale_tests;
-pub mod sources;
-pub mod watch;
+pub mod source;
+pub mod store;
+pub mod validate;

@@ -1,25 +1,23 @@
 //! Kubernetes manifests as users write them: `v1` `Service` and `discovery.k8s.io/v1`
-//! `EndpointSlice` (and `v1` `List` of them), YAML or JSON, several documents per file.
-//! Everything is validated here; an error names the file, the document, the object and the field.
+//! `EndpointSlice` (and `v1` `List` of them), YAML or JSON, several documents per file. Decoded
+//! into the k8s-openapi types (field paths from `serde_path_to_error`) and judged by
+//! [`crate::validate`], like objects from the API; an error names the file, the document, the
+//! object and the field.
 
-use nodenet::Protocol;
-use serde::Deserialize;
+use crate::objects::Object;
+use crate::validate::{self, Filter, Verdict};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::io::Read;
 use std::path::Path;
 
-/// Annotation that picks the IPVS scheduler of one Service (kube-proxy has one for all).
-pub const SCHEDULER_ANNOTATION: &str = "svc-proxy/scheduler";
-/// Label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Schedulers the Debian kernel ships (`ip_vs_<name>` modules).
-pub const SCHEDULERS: &[&str] = &[
-    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
-];
-/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
-pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+/// Largest manifest file read (a 10,000-Service `List` is about 10 MiB).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Deepest nesting of mappings and lists accepted; Kubernetes objects need about ten levels.
+/// Checked before the YAML parser runs, whose cost grows with the square of the nesting.
+pub const MAX_DEPTH: usize = 64;
 
 /// Why a manifest file was rejected (nothing from it is applied).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,118 +47,38 @@ pub enum ManifestError {
     },
 }
 
-/// A `Service`, reduced to what svc-proxy programs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    pub namespace: String,
-    pub name: String,
-    /// `spec.clusterIPs` (or `spec.clusterIP`); empty for headless and ExternalName Services.
-    pub cluster_ips: Vec<IpAddr>,
-    pub external_ips: Vec<IpAddr>,
-    /// `spec.selector`; `None` when absent or empty (endpoints then come from EndpointSlices only).
-    pub selector: Option<BTreeMap<String, String>>,
-    pub ports: Vec<ServicePort>,
-    /// Persistence timeout when `sessionAffinity: ClientIP`.
-    pub affinity_timeout: Option<u32>,
-    /// From the [`SCHEDULER_ANNOTATION`] annotation.
-    pub scheduler: Option<String>,
-}
+type Result<T, E = ManifestError> = std::result::Result<T, E>;
 
-/// One entry of `spec.ports`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePort {
-    /// `name`, "" when unnamed; EndpointSlice ports are matched by it.
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-    /// `targetPort`, defaulting to `port`.
-    pub target_port: TargetPort,
-}
-
-/// A Service port's `targetPort`. EndpointSlices carry the real port, so it matters only for
-/// endpoints taken from attachment records, where a named port cannot be resolved (the records
-/// do not list container ports).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetPort {
-    Number(u16),
-    /// A container port name (`IANA_SVC_NAME`).
-    Named(String),
-}
-
-impl fmt::Display for TargetPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TargetPort::Number(n) => write!(f, "{n}"),
-            TargetPort::Named(name) => write!(f, "{name:?}"),
-        }
+/// Reads and validates one manifest file; all or nothing. Special files (a FIFO, a device) are
+/// refused before they are opened, and at most [`MAX_FILE_BYTES`] are read.
+pub fn load_file(path: &Path, filter: &Filter) -> Result<Vec<Object>> {
+    let file = path.display().to_string();
+    let read_err = |message: String| ManifestError::Read {
+        file: file.clone(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| read_err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(read_err("not a regular file".into()));
     }
-}
-
-/// Kubernetes' `IANA_SVC_NAME`: 1-15 lowercase letters, digits and inner single hyphens, with at
-/// least one letter.
-fn is_port_name(s: &str) -> bool {
-    (1..=15).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().any(|b| b.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
-}
-
-/// An `EndpointSlice`, reduced to what svc-proxy programs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointSlice {
-    pub namespace: String,
-    pub name: String,
-    /// From the `kubernetes.io/service-name` label.
-    pub service_name: String,
-    pub ports: Vec<SlicePort>,
-    pub endpoints: Vec<Endpoint>,
-}
-
-/// One entry of an EndpointSlice's `ports`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlicePort {
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-}
-
-/// One entry of an EndpointSlice's `endpoints`, with its conditions defaulted the way Kubernetes
-/// defines them (unknown `ready` means ready; unknown `serving` means `ready`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub addresses: Vec<IpAddr>,
-    pub ready: bool,
-    pub serving: bool,
-    pub terminating: bool,
-}
-
-/// A parsed object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Object {
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-}
-
-impl Object {
-    /// `Service ns/name` or `EndpointSlice ns/name`.
-    pub fn id(&self) -> String {
-        match self {
-            Object::Service(s) => format!("Service {}/{}", s.namespace, s.name),
-            Object::EndpointSlice(e) => format!("EndpointSlice {}/{}", e.namespace, e.name),
-        }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(read_err(format!(
+            "{} bytes is more than the {MAX_FILE_BYTES} a manifest file may have",
+            meta.len()
+        )));
     }
-}
-
-/// Reads and validates one manifest file; all or nothing.
-pub fn load_file(path: &Path) -> Result<Vec<Object>, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Read {
-        file: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    parse(&path.display().to_string(), &text, is_json(path))
+    let f = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+    // The file may have grown since it was measured.
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| read_err(e.to_string()))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(read_err(format!(
+            "more than the {MAX_FILE_BYTES} bytes a manifest file may have"
+        )));
+    }
+    parse(&file, &text, is_json(path), filter)
 }
 
 fn is_json(path: &Path) -> bool {
@@ -182,44 +100,31 @@ pub fn is_manifest_name(path: &Path) -> bool {
 }
 
 /// Parses the documents of one file (`file` names it in errors).
-pub fn parse(file: &str, text: &str, json: bool) -> Result<Vec<Object>, ManifestError> {
-    let syntax = |document: usize, e: &dyn std::fmt::Display| ManifestError::Syntax {
+pub fn parse(file: &str, text: &str, json: bool, filter: &Filter) -> Result<Vec<Object>> {
+    let docs = documents(text, json).map_err(|(document, message)| ManifestError::Syntax {
         file: file.to_string(),
         document,
-        message: e.to_string(),
-    };
-    let mut docs = Vec::new();
-    if json {
-        for (i, v) in serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
-            .enumerate()
-        {
-            docs.push(v.map_err(|e| syntax(i + 1, &e))?);
-        }
-    } else {
-        for (i, d) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            docs.push(Value::deserialize(d).map_err(|e| syntax(i + 1, &e))?);
-        }
-    }
+        message,
+    })?;
     let mut objects = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, doc) in docs.iter().enumerate() {
+    for (i, doc) in docs.into_iter().enumerate() {
         if doc.is_null() {
             continue;
         }
-        let ctx = Ctx {
+        let at = Doc {
             file,
             document: i + 1,
-            object: String::new(),
-            path: String::new(),
+            filter,
         };
         let mut found = Vec::new();
-        object(&ctx, doc, &mut found)?;
+        at.object(doc, "", &mut found)?;
         for o in found {
-            if let Some(first) = seen.insert(o.id(), i + 1) {
+            let id = o.reference().to_string();
+            if let Some(first) = seen.insert(id.clone(), i + 1) {
                 return Err(ManifestError::Duplicate {
                     file: file.to_string(),
-                    object: o.id(),
+                    object: id,
                     first,
                     second: i + 1,
                 });
@@ -230,153 +135,138 @@ pub fn parse(file: &str, text: &str, json: bool) -> Result<Vec<Object>, Manifest
     Ok(objects)
 }
 
-/// Where in the file a value sits, for error messages.
-#[derive(Clone)]
-struct Ctx<'a> {
+/// Where in a file an object sits, for error messages.
+struct Doc<'a> {
     file: &'a str,
     document: usize,
-    /// `Service default/app-service` once known.
-    object: String,
-    /// Field path prefix, e.g. `items[2].`.
-    path: String,
+    filter: &'a Filter,
 }
 
-type Result<T, E = ManifestError> = std::result::Result<T, E>;
-
-impl Ctx<'_> {
-    fn err(&self, field: &str, message: impl Into<String>) -> ManifestError {
+impl Doc<'_> {
+    fn err(&self, object: &str, field: String, message: impl Into<String>) -> ManifestError {
         ManifestError::Invalid {
             file: self.file.to_string(),
             document: self.document,
-            object: if self.object.is_empty() {
-                "?".into()
-            } else {
-                self.object.clone()
-            },
-            field: format!("{}{}", self.path, field),
+            object: object.to_string(),
+            field,
             message: message.into(),
         }
     }
 
-    fn map<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Map<String, Value>> {
-        v.as_object()
-            .ok_or_else(|| self.err(field, format!("expected a mapping, found {}", kind(v))))
-    }
-
-    /// The member `key` of `m`, `None` when absent or null.
-    fn opt<'v>(m: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
-        m.get(key).filter(|v| !v.is_null())
-    }
-
-    fn opt_str<'v>(
-        &self,
-        m: &'v Map<String, Value>,
-        field: &str,
-        key: &str,
-    ) -> Result<Option<&'v str>> {
-        match Self::opt(m, key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.err(
-                &join(field, key),
-                format!("expected a string, found {}", kind(v)),
-            )),
-        }
-    }
-
-    fn req_str<'v>(&self, m: &'v Map<String, Value>, field: &str, key: &str) -> Result<&'v str> {
-        match self.opt_str(m, field, key)? {
-            Some(s) if !s.is_empty() => Ok(s),
-            _ => Err(self.err(&join(field, key), "required")),
-        }
-    }
-
-    fn opt_bool(&self, m: &Map<String, Value>, field: &str, key: &str) -> Result<Option<bool>> {
-        match Self::opt(m, key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.err(
-                &join(field, key),
-                format!("expected true or false, found {}", kind(v)),
-            )),
-        }
-    }
-
-    fn opt_list<'v>(
-        &self,
-        m: &'v Map<String, Value>,
-        field: &str,
-        key: &str,
-    ) -> Result<&'v [Value]> {
-        match Self::opt(m, key) {
-            None => Ok(&[]),
-            Some(Value::Array(a)) => Ok(a),
-            Some(v) => Err(self.err(
-                &join(field, key),
-                format!("expected a list, found {}", kind(v)),
-            )),
-        }
-    }
-
-    fn ip(&self, v: &Value, field: &str) -> Result<IpAddr> {
-        let s = v
-            .as_str()
-            .ok_or_else(|| self.err(field, format!("expected an IP address, found {}", kind(v))))?;
-        s.parse()
-            .map_err(|_| self.err(field, format!("{s:?} is not an IP address")))
-    }
-
-    fn port(&self, v: &Value, field: &str) -> Result<u16> {
-        let n = match v {
-            Value::Number(n) => n.as_i64(),
-            _ => None,
-        }
-        .ok_or_else(|| self.err(field, format!("expected a port number, found {}", show(v))))?;
-        u16::try_from(n)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| self.err(field, format!("{n} is out of range 1-65535")))
-    }
-
-    fn protocol(&self, m: &Map<String, Value>, field: &str) -> Result<Protocol> {
-        match self.opt_str(m, field, "protocol")? {
-            None => Ok(Protocol::Tcp),
-            Some(p @ ("TCP" | "UDP" | "SCTP")) => Ok(p.parse().expect("listed protocol")),
-            Some(p) => Err(self.err(
-                &join(field, "protocol"),
-                format!("unknown protocol {p:?} (expected TCP, UDP or SCTP)"),
-            )),
-        }
-    }
-
-    fn string_map(
-        &self,
-        m: &Map<String, Value>,
-        field: &str,
-        key: &str,
-    ) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        if let Some(v) = Self::opt(m, key) {
-            let f = join(field, key);
-            for (k, v) in self.map(v, &f)? {
-                let s = v.as_str().ok_or_else(|| {
-                    self.err(
-                        &format!("{f}.{k}"),
-                        format!("expected a string, found {}", kind(v)),
-                    )
-                })?;
-                out.insert(k.clone(), s.to_string());
+    /// One top-level document or `List` item; `prefix` is its path (`items[2].`).
+    fn object(&self, v: Value, prefix: &str, out: &mut Vec<Object>) -> Result<()> {
+        let Value::Object(m) = v else {
+            return Err(self.err(
+                "?",
+                format!("{prefix}(document)"),
+                format!("expected a mapping, found {}", kind(&v)),
+            ));
+        };
+        let text = |key: &str| -> Result<&str> {
+            match m.get(key) {
+                Some(Value::String(s)) if !s.is_empty() => Ok(s),
+                None | Some(Value::Null) | Some(Value::String(_)) => {
+                    Err(self.err("?", format!("{prefix}{key}"), "required"))
+                }
+                Some(other) => Err(self.err(
+                    "?",
+                    format!("{prefix}{key}"),
+                    format!("expected a string, found {}", kind(other)),
+                )),
             }
+        };
+        let kind_name = text("kind")?.to_string();
+        let api = text("apiVersion")?;
+        let want_api = match kind_name.as_str() {
+            "Service" | "List" => "v1",
+            "EndpointSlice" => "discovery.k8s.io/v1",
+            other => {
+                return Err(self.err(
+                    "?",
+                    format!("{prefix}kind"),
+                    format!("unknown kind {other:?} (expected Service, EndpointSlice or List)"),
+                ))
+            }
+        };
+        if api != want_api {
+            return Err(self.err(
+                "?",
+                format!("{prefix}apiVersion"),
+                format!("{api:?} is not supported for {kind_name} (expected {want_api:?})"),
+            ));
         }
-        Ok(out)
+        if kind_name == "List" {
+            let items = match m.get("items") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(a)) => a.clone(),
+                Some(other) => {
+                    return Err(self.err(
+                        "?",
+                        format!("{prefix}items"),
+                        format!("expected a list, found {}", kind(other)),
+                    ))
+                }
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                self.object(item, &format!("{prefix}items[{i}]."), out)?;
+            }
+            return Ok(());
+        }
+        let object = object_name(&kind_name, &m);
+        let decoded = |e: serde_path_to_error::Error<serde_json::Error>| {
+            let path = e.path().to_string();
+            self.err(
+                &object,
+                format!("{prefix}{path}"),
+                e.into_inner().to_string(),
+            )
+        };
+        let judged =
+            |e: validate::Invalid| self.err(&object, format!("{prefix}{}", e.field), e.message);
+        let verdict = if kind_name == "Service" {
+            let svc = serde_path_to_error::deserialize(Value::Object(m)).map_err(decoded)?;
+            validate::service(&svc, self.filter)
+                .map_err(judged)?
+                .map(Object::Service)
+        } else {
+            let slice = serde_path_to_error::deserialize(Value::Object(m)).map_err(decoded)?;
+            validate::endpoint_slice(&slice)
+                .map_err(judged)?
+                .map(Object::EndpointSlice)
+        };
+        match verdict {
+            Verdict::Accept(o) => out.push(o),
+            Verdict::Skip(why) => log::debug!(
+                "{}: document {} ({object}): skipped: {why}",
+                self.file,
+                self.document
+            ),
+        }
+        Ok(())
     }
 }
 
-fn join(field: &str, key: &str) -> String {
-    if field.is_empty() {
-        key.to_string()
-    } else {
-        format!("{field}.{key}")
+impl<T> Verdict<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Verdict<U> {
+        match self {
+            Verdict::Accept(t) => Verdict::Accept(f(t)),
+            Verdict::Skip(why) => Verdict::Skip(why),
+        }
+    }
+}
+
+/// `Service default/app` for error messages, from whatever the document's metadata says.
+fn object_name(kind_name: &str, m: &Map<String, Value>) -> String {
+    let meta = m.get("metadata").and_then(Value::as_object);
+    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+    match get("name").filter(|n| !n.is_empty()) {
+        Some(name) => format!(
+            "{kind_name} {}/{name}",
+            get("namespace")
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
+        ),
+        None => "?".to_string(),
     }
 }
 
@@ -391,387 +281,235 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("{s:?}"),
-        Value::Number(n) => n.to_string(),
-        other => kind(other).to_string(),
+/// The documents of a YAML or JSON text as plain values; an error gives the document (1-based)
+/// and the reason. Nesting is bounded before the parser runs and duplicate mapping keys are
+/// refused (YAML and JSON both say keys are unique; a silent last-wins hides mistakes).
+fn documents(text: &str, json: bool) -> std::result::Result<Vec<Value>, (usize, String)> {
+    if let Some((line, depth)) = too_deep(text) {
+        return Err((
+            1,
+            format!("line {line}: nesting deeper than {MAX_DEPTH} levels ({depth}); not parsed"),
+        ));
+    }
+    let mut docs = Vec::new();
+    if json {
+        for (i, v) in serde_json::Deserializer::from_str(text)
+            .into_iter::<Strict>()
+            .enumerate()
+        {
+            docs.push(v.map_err(|e| (i + 1, e.to_string()))?.0);
+        }
+    } else {
+        for (i, d) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let v = Strict::deserialize_from(d).map_err(|e| (i + 1, e.to_string()))?;
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// A value decoded with unique mapping keys and bounded depth.
+struct Strict(Value);
+
+impl Strict {
+    fn deserialize_from<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Value, D::Error> {
+        Depth(0).deserialize(d)
     }
 }
 
-/// One top-level document or `List` item.
-fn object(ctx: &Ctx<'_>, v: &Value, out: &mut Vec<Object>) -> Result<()> {
-    let m = ctx.map(v, "(document)")?;
-    let kind_name = ctx.req_str(m, "", "kind")?;
-    let api = ctx.req_str(m, "", "apiVersion")?;
-    let want_api = match kind_name {
-        "Service" | "List" => "v1",
-        "EndpointSlice" => "discovery.k8s.io/v1",
-        other => {
-            return Err(ctx.err(
-                "kind",
-                format!("unknown kind {other:?} (expected Service, EndpointSlice or List)"),
-            ))
-        }
-    };
-    if api != want_api {
-        return Err(ctx.err(
-            "apiVersion",
-            format!("{api:?} is not supported for {kind_name} (expected {want_api:?})"),
-        ));
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Strict, D::Error> {
+        Depth(0).deserialize(d).map(Strict)
     }
-    if kind_name == "List" {
-        for (i, item) in ctx.opt_list(m, "", "items")?.iter().enumerate() {
-            let item_ctx = Ctx {
-                path: format!("{}items[{i}].", ctx.path),
-                ..ctx.clone()
+}
+
+/// Decodes one value at nesting depth `.0`.
+#[derive(Clone, Copy)]
+struct Depth(usize);
+
+impl<'de> DeserializeSeed<'de> for Depth {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Depth {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom(format!("{v} is not a number JSON can hold")))
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let inner = self.deeper::<A::Error>()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(inner)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let inner = self.deeper::<A::Error>()?;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(inner)? {
+            let key = match key {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "a mapping key must be a string, found {}",
+                        kind(&other)
+                    )))
+                }
             };
-            object(&item_ctx, item, out)?;
+            let value = map.next_value_seed(inner)?;
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            out.insert(key, value);
         }
-        return Ok(());
+        Ok(Value::Object(out))
     }
-    let meta = Ctx::opt(m, "metadata").ok_or_else(|| ctx.err("metadata.name", "required"))?;
-    let meta = ctx.map(meta, "metadata")?;
-    let name = ctx.req_str(meta, "metadata", "name")?.to_string();
-    let namespace = ctx
-        .opt_str(meta, "metadata", "namespace")?
-        .unwrap_or("default")
-        .to_string();
-    let ctx = Ctx {
-        object: format!("{kind_name} {namespace}/{name}"),
-        ..ctx.clone()
-    };
-    if kind_name == "Service" {
-        out.push(Object::Service(service(&ctx, m, meta, namespace, name)?));
-    } else if let Some(slice) = endpoint_slice(&ctx, m, meta, namespace, name)? {
-        out.push(Object::EndpointSlice(slice));
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> std::result::Result<Value, A::Error> {
+        Err(de::Error::custom("YAML tags (!tag) are not supported"))
     }
-    Ok(())
 }
 
-fn service(
-    ctx: &Ctx<'_>,
-    m: &Map<String, Value>,
-    meta: &Map<String, Value>,
-    namespace: String,
-    name: String,
-) -> Result<Service> {
-    let annotations = ctx.string_map(meta, "metadata", "annotations")?;
-    let scheduler = match annotations.get(SCHEDULER_ANNOTATION) {
-        None => None,
-        Some(s) if SCHEDULERS.contains(&s.as_str()) => Some(s.clone()),
-        Some(s) => {
-            return Err(ctx.err(
-                &format!("metadata.annotations.{SCHEDULER_ANNOTATION}"),
-                format!(
-                    "unknown IPVS scheduler {s:?} (expected one of {})",
-                    SCHEDULERS.join(", ")
-                ),
-            ))
+impl Depth {
+    fn deeper<E: de::Error>(self) -> std::result::Result<Depth, E> {
+        if self.0 >= MAX_DEPTH {
+            Err(E::custom(format!("nesting deeper than {MAX_DEPTH} levels")))
+        } else {
+            Ok(Depth(self.0 + 1))
         }
-    };
-    let empty = Map::new();
-    let spec = match Ctx::opt(m, "spec") {
-        Some(v) => ctx.map(v, "spec")?,
-        None => &empty,
-    };
-    let svc_type = ctx.opt_str(spec, "spec", "type")?.unwrap_or("ClusterIP");
-    if !matches!(
-        svc_type,
-        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
-    ) {
-        return Err(ctx.err(
-            "spec.type",
-            format!("unknown Service type {svc_type:?} (expected ClusterIP, NodePort, LoadBalancer or ExternalName)"),
-        ));
     }
-    let selector = ctx.string_map(spec, "spec", "selector")?;
-    let selector = (!selector.is_empty()).then_some(selector);
+}
 
-    let mut cluster_ips = Vec::new();
-    let cluster_ip = ctx.opt_str(spec, "spec", "clusterIP")?;
-    let listed = ctx.opt_list(spec, "spec", "clusterIPs")?;
-    let headless = cluster_ip == Some("None") || svc_type == "ExternalName";
-    if !headless {
-        for (i, v) in listed.iter().enumerate() {
-            let ip = ctx.ip(v, &format!("spec.clusterIPs[{i}]"))?;
-            if cluster_ips
-                .iter()
-                .any(|c: &IpAddr| c.is_ipv4() == ip.is_ipv4())
-            {
-                return Err(ctx.err(
-                    &format!("spec.clusterIPs[{i}]"),
-                    "at most one address per IP family",
-                ));
-            }
-            cluster_ips.push(ip);
+/// The first line (1-based) where flow collections (`[`, `{`) or compact block indicators
+/// (`- - -`) nest deeper than [`MAX_DEPTH`], and that depth: a linear scan that keeps a
+/// pathological input away from the parser. Quoted strings and comments are skipped; in block
+/// context a bracket counts only where a flow collection can start (not inside a plain scalar).
+fn too_deep(text: &str) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let bytes = text.as_bytes();
+    let mut line = 1;
+    let mut line_start = true;
+    let mut compact = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\n' {
+            line += 1;
+            line_start = true;
+            compact = 0;
+            i += 1;
+            continue;
         }
-        match cluster_ip {
-            Some(s) => {
-                let ip = ctx.ip(&Value::String(s.to_string()), "spec.clusterIP")?;
-                match cluster_ips.first() {
-                    None => cluster_ips.push(ip),
-                    Some(first) if *first == ip => {}
-                    Some(first) => {
-                        return Err(ctx.err(
-                            "spec.clusterIP",
-                            format!("{ip} differs from spec.clusterIPs[0] {first}"),
-                        ))
+        match quote {
+            Some(q) => {
+                if b == b'\\' && q == b'"' {
+                    i += 1;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => {
+                let prev = if i == 0 { b'\n' } else { bytes[i - 1] };
+                let token_start = matches!(prev, b' ' | b'\t' | b'\n' | b',' | b':' | b'-');
+                match b {
+                    b'"' | b'\'' if token_start || depth > 0 => quote = Some(b),
+                    b'#' if prev == b' ' || prev == b'\t' || prev == b'\n' => {
+                        while i + 1 < bytes.len() && bytes[i + 1] != b'\n' {
+                            i += 1;
+                        }
                     }
+                    b'[' | b'{' if depth > 0 || token_start => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return Some((line, depth));
+                        }
+                    }
+                    b']' | b'}' if depth > 0 => depth -= 1,
+                    b'-' | b'?' if line_start && depth == 0 => {
+                        let next = bytes.get(i + 1).copied().unwrap_or(b'\n');
+                        if next == b' ' || next == b'\n' || next == b'\t' {
+                            compact += 1;
+                            if compact > MAX_DEPTH {
+                                return Some((line, compact));
+                            }
+                        } else {
+                            line_start = false;
+                        }
+                    }
+                    b' ' | b'\t' => {}
+                    _ => line_start = false,
                 }
             }
-            None if cluster_ips.is_empty() => {
-                return Err(ctx.err(
-                    "spec.clusterIP",
-                    "required (svc-proxy does not allocate cluster IPs)",
-                ))
-            }
-            None => {}
         }
+        i += 1;
     }
-    let mut external_ips = Vec::new();
-    for (i, v) in ctx
-        .opt_list(spec, "spec", "externalIPs")?
-        .iter()
-        .enumerate()
-    {
-        external_ips.push(ctx.ip(v, &format!("spec.externalIPs[{i}]"))?);
-    }
-
-    let mut ports: Vec<ServicePort> = Vec::new();
-    for (i, v) in ctx.opt_list(spec, "spec", "ports")?.iter().enumerate() {
-        let field = format!("spec.ports[{i}]");
-        let p = ctx.map(v, &field)?;
-        let port_name = ctx.opt_str(p, &field, "name")?.unwrap_or("").to_string();
-        let protocol = ctx.protocol(p, &field)?;
-        let port = ctx.port(
-            Ctx::opt(p, "port").ok_or_else(|| ctx.err(&join(&field, "port"), "required"))?,
-            &join(&field, "port"),
-        )?;
-        let target_field = join(&field, "targetPort");
-        let target_port = match Ctx::opt(p, "targetPort") {
-            None => TargetPort::Number(port),
-            Some(Value::String(s)) => match s.parse::<i64>() {
-                Ok(n) => TargetPort::Number(ctx.port(&Value::from(n), &target_field)?),
-                Err(_) if is_port_name(s) => TargetPort::Named(s.clone()),
-                Err(_) => {
-                    return Err(ctx.err(
-                        &target_field,
-                        format!(
-                            "{s:?} is neither a port number nor a port name (1-15 lowercase \
-                             letters, digits and inner hyphens)"
-                        ),
-                    ))
-                }
-            },
-            Some(v) => TargetPort::Number(ctx.port(v, &target_field)?),
-        };
-        if let Some(j) = ports
-            .iter()
-            .position(|q| q.port == port && q.protocol == protocol)
-        {
-            return Err(ctx.err(
-                &join(&field, "port"),
-                format!(
-                    "duplicate port {port}/{} (also spec.ports[{j}])",
-                    protocol.as_str().to_uppercase()
-                ),
-            ));
-        }
-        if !ports.is_empty() {
-            let unnamed = if port_name.is_empty() {
-                Some(i)
-            } else {
-                ports.iter().position(|q| q.name.is_empty())
-            };
-            if let Some(j) = unnamed {
-                return Err(ctx.err(
-                    &format!("spec.ports[{j}].name"),
-                    "required when a Service has more than one port",
-                ));
-            }
-        }
-        if let Some(j) = ports.iter().position(|q| q.name == port_name) {
-            return Err(ctx.err(
-                &join(&field, "name"),
-                format!("duplicate port name {port_name:?} (also spec.ports[{j}])"),
-            ));
-        }
-        ports.push(ServicePort {
-            name: port_name,
-            protocol,
-            port,
-            target_port,
-        });
-    }
-    if ports.is_empty() && !headless {
-        return Err(ctx.err("spec.ports", "required (at least one port)"));
-    }
-
-    let affinity_timeout = match ctx
-        .opt_str(spec, "spec", "sessionAffinity")?
-        .unwrap_or("None")
-    {
-        "None" => None,
-        "ClientIP" => Some(affinity_timeout(ctx, spec)?),
-        other => {
-            return Err(ctx.err(
-                "spec.sessionAffinity",
-                format!("unknown session affinity {other:?} (expected None or ClientIP)"),
-            ))
-        }
-    };
-    Ok(Service {
-        namespace,
-        name,
-        cluster_ips,
-        external_ips: if headless { Vec::new() } else { external_ips },
-        selector,
-        ports,
-        affinity_timeout,
-        scheduler,
-    })
-}
-
-fn affinity_timeout(ctx: &Ctx<'_>, spec: &Map<String, Value>) -> Result<u32> {
-    let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
-    let v = Ctx::opt(spec, "sessionAffinityConfig")
-        .and_then(|c| c.get("clientIP"))
-        .and_then(|c| c.get("timeoutSeconds"))
-        .filter(|v| !v.is_null());
-    match v {
-        None => Ok(DEFAULT_AFFINITY_TIMEOUT),
-        Some(v) => match v.as_i64() {
-            Some(n) if (1..=86400).contains(&n) => Ok(n as u32),
-            Some(n) => Err(ctx.err(field, format!("{n} is out of range 1-86400"))),
-            None => Err(ctx.err(
-                field,
-                format!("expected a number of seconds, found {}", show(v)),
-            )),
-        },
-    }
-}
-
-fn endpoint_slice(
-    ctx: &Ctx<'_>,
-    m: &Map<String, Value>,
-    meta: &Map<String, Value>,
-    namespace: String,
-    name: String,
-) -> Result<Option<EndpointSlice>> {
-    let labels = ctx.string_map(meta, "metadata", "labels")?;
-    let service_name = labels
-        .get(SERVICE_NAME_LABEL)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ctx.err(
-                &format!("metadata.labels.{SERVICE_NAME_LABEL}"),
-                "required (names the Service)",
-            )
-        })?
-        .clone();
-    let address_type = ctx.req_str(m, "", "addressType")?;
-    let want_v4 = match address_type {
-        "IPv4" => true,
-        "IPv6" => false,
-        // Valid Kubernetes (deprecated), but nothing IPVS can forward to: kube-proxy skips
-        // these too, as if they were absent.
-        "FQDN" => {
-            log::warn!(
-                "{}",
-                ctx.err("addressType", "FQDN is not supported; the slice is ignored")
-            );
-            return Ok(None);
-        }
-        other => {
-            return Err(ctx.err(
-                "addressType",
-                format!("unsupported address type {other:?} (expected IPv4, IPv6 or FQDN)"),
-            ))
-        }
-    };
-    let mut ports: Vec<SlicePort> = Vec::new();
-    for (i, v) in ctx.opt_list(m, "", "ports")?.iter().enumerate() {
-        let field = format!("ports[{i}]");
-        let p = ctx.map(v, &field)?;
-        let port_name = ctx.opt_str(p, &field, "name")?.unwrap_or("").to_string();
-        let protocol = ctx.protocol(p, &field)?;
-        let port = ctx.port(
-            Ctx::opt(p, "port").ok_or_else(|| ctx.err(&join(&field, "port"), "required"))?,
-            &join(&field, "port"),
-        )?;
-        if let Some(j) = ports
-            .iter()
-            .position(|q| q.name == port_name && q.protocol == protocol)
-        {
-            return Err(ctx.err(
-                &join(&field, "name"),
-                format!("duplicate port name {port_name:?} (also ports[{j}])"),
-            ));
-        }
-        ports.push(SlicePort {
-            name: port_name,
-            protocol,
-            port,
-        });
-    }
-    let mut endpoints = Vec::new();
-    for (i, v) in ctx.opt_list(m, "", "endpoints")?.iter().enumerate() {
-        let field = format!("endpoints[{i}]");
-        let e = ctx.map(v, &field)?;
-        let mut addresses = Vec::new();
-        for (j, a) in ctx.opt_list(e, &field, "addresses")?.iter().enumerate() {
-            let f = format!("{field}.addresses[{j}]");
-            let ip = ctx.ip(a, &f)?;
-            if ip.is_ipv4() != want_v4 {
-                return Err(ctx.err(
-                    &f,
-                    format!("{ip} does not match addressType {address_type}"),
-                ));
-            }
-            addresses.push(ip);
-        }
-        if addresses.is_empty() {
-            return Err(ctx.err(
-                &join(&field, "addresses"),
-                "required (at least one address)",
-            ));
-        }
-        let empty = Map::new();
-        let cf = join(&field, "conditions");
-        let conditions = match Ctx::opt(e, "conditions") {
-            Some(c) => ctx.map(c, &cf)?,
-            None => &empty,
-        };
-        let ready = ctx.opt_bool(conditions, &cf, "ready")?.unwrap_or(true);
-        let serving = ctx.opt_bool(conditions, &cf, "serving")?.unwrap_or(ready);
-        let terminating = ctx
-            .opt_bool(conditions, &cf, "terminating")?
-            .unwrap_or(false);
-        endpoints.push(Endpoint {
-            addresses,
-            ready,
-            serving,
-            terminating,
-        });
-    }
-    Ok(Some(EndpointSlice {
-        namespace,
-        name,
-        service_name,
-        ports,
-        endpoints,
-    }))
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::{EndpointSlice, Service, ServicePort, ServiceType, SlicePort, TargetPort};
+    use nodenet::Protocol;
+    use std::net::IpAddr;
 
     const SCENARIO: &str = include_str!("../../conf/services/app-service.yaml");
 
+    fn objects(text: &str) -> Result<Vec<Object>> {
+        parse("t.yaml", text, false, &Filter::default())
+    }
+
     fn one(text: &str) -> Object {
-        let mut v = parse("t.yaml", text, false).unwrap();
+        let mut v = objects(text).unwrap();
         assert_eq!(v.len(), 1);
         v.remove(0)
     }
@@ -784,10 +522,14 @@ mod tests {
     }
 
     fn invalid(text: &str) -> (String, String) {
-        match parse("t.yaml", text, false) {
+        match objects(text) {
             Err(ManifestError::Invalid { field, message, .. }) => (field, message),
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    fn ids(v: &[Object]) -> Vec<String> {
+        v.iter().map(|o| o.reference().to_string()).collect()
     }
 
     #[test]
@@ -797,17 +539,25 @@ mod tests {
             Service {
                 namespace: "default".into(),
                 name: "app-service".into(),
+                service_type: ServiceType::ClusterIP,
                 cluster_ips: vec!["10.100.100.100".parse().unwrap()],
                 external_ips: vec![],
+                load_balancer_ips: vec![],
+                load_balancer_source_ranges: vec![],
                 selector: Some(BTreeMap::from([("component".into(), "app".into())])),
                 ports: vec![ServicePort {
                     name: "".into(),
                     protocol: Protocol::Tcp,
                     port: 8080,
-                    target_port: TargetPort::Number(8080)
+                    target_port: TargetPort::Number(8080),
+                    node_port: None,
                 }],
                 affinity_timeout: None,
                 scheduler: None,
+                external_policy_local: false,
+                internal_policy_local: false,
+                health_check_node_port: None,
+                prefer_close: false,
             }
         );
     }
@@ -846,32 +596,28 @@ spec:
         assert_eq!(s.affinity_timeout, Some(600));
         assert_eq!(s.scheduler.as_deref(), Some("wlc"));
         assert_eq!(
-            s.ports,
+            s.ports
+                .iter()
+                .map(|p| (p.name.as_str(), p.protocol, p.port, p.target_port.clone()))
+                .collect::<Vec<_>>(),
             vec![
-                ServicePort {
-                    name: "dns".into(),
-                    protocol: Protocol::Udp,
-                    port: 53,
-                    target_port: TargetPort::Number(5353)
-                },
-                ServicePort {
-                    name: "dns-tcp".into(),
-                    protocol: Protocol::Tcp,
-                    port: 53,
-                    target_port: TargetPort::Named("dns-port".into())
-                },
+                ("dns", Protocol::Udp, 53, TargetPort::Number(5353)),
+                (
+                    "dns-tcp",
+                    Protocol::Tcp,
+                    53,
+                    TargetPort::Named("dns-port".into())
+                ),
             ]
         );
         let s = service("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.0.0.1, sessionAffinity: ClientIP, ports: [{port: 80}]}");
-        assert_eq!(s.affinity_timeout, Some(DEFAULT_AFFINITY_TIMEOUT));
+        assert_eq!(s.affinity_timeout, Some(validate::DEFAULT_AFFINITY_TIMEOUT));
     }
 
     #[test]
-    fn headless_and_external_name_services_program_nothing() {
-        let s = service("apiVersion: v1\nkind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, selector: {a: b}}");
-        assert!(s.cluster_ips.is_empty() && s.ports.is_empty());
-        let s = service("apiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec: {type: ExternalName, externalName: x.example}");
-        assert!(s.cluster_ips.is_empty());
+    fn headless_and_external_name_services_are_skipped() {
+        let v = objects("apiVersion: v1\nkind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, selector: {a: b}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec: {type: ExternalName, externalName: x.example}").unwrap();
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]
@@ -894,17 +640,22 @@ endpoints:
         let Object::EndpointSlice(e) = o else {
             panic!("not a slice")
         };
-        assert_eq!(e.service_name, "app-service");
+        let EndpointSlice {
+            service_name,
+            ports,
+            endpoints,
+            ..
+        } = e;
+        assert_eq!(service_name, "app-service");
         assert_eq!(
-            e.ports,
+            ports,
             vec![SlicePort {
                 name: "".into(),
                 protocol: Protocol::Tcp,
                 port: 8080
             }]
         );
-        let conds: Vec<(bool, bool, bool)> = e
-            .endpoints
+        let conds: Vec<(bool, bool, bool)> = endpoints
             .iter()
             .map(|x| (x.ready, x.serving, x.terminating))
             .collect();
@@ -918,14 +669,13 @@ endpoints:
         );
     }
 
-    /// FQDN slices are valid Kubernetes but carry nothing IPVS can forward to: skipped (logged),
-    /// like kube-proxy does, without failing the file.
+    /// FQDN slices are valid Kubernetes but carry nothing IPVS can forward to: skipped, like
+    /// kube-proxy does, without failing the file.
     #[test]
     fn fqdn_endpoint_slices_are_skipped() {
         let yaml = format!("{SCENARIO}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: f, labels: {{kubernetes.io/service-name: app-service}}}}\naddressType: FQDN\nendpoints: [{{addresses: [db.example.com]}}]\n");
-        let v = parse("t.yaml", &yaml, false).unwrap();
         assert_eq!(
-            v.iter().map(Object::id).collect::<Vec<_>>(),
+            ids(&objects(&yaml).unwrap()),
             vec!["Service default/app-service"]
         );
     }
@@ -933,17 +683,16 @@ endpoints:
     #[test]
     fn multi_document_yaml_json_stream_and_list() {
         let yaml = format!("---\n{SCENARIO}---\napiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{clusterIP: 10.0.0.2, ports: [{{port: 80}}]}}\n---\n");
-        let v = parse("t.yaml", &yaml, false).unwrap();
         assert_eq!(
-            v.iter().map(Object::id).collect::<Vec<_>>(),
+            ids(&objects(&yaml).unwrap()),
             vec!["Service default/app-service", "Service default/b"]
         );
 
         let json = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.0.0.1","ports":[{"port":80}]}}
 {"apiVersion":"v1","kind":"List","items":[{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"a-1","labels":{"kubernetes.io/service-name":"a"}},"addressType":"IPv4","ports":[{"port":8080}],"endpoints":[{"addresses":["10.0.0.11"]}]}]}"#;
-        let v = parse("t.json", json, true).unwrap();
+        let v = parse("t.json", json, true, &Filter::default()).unwrap();
         assert_eq!(
-            v.iter().map(Object::id).collect::<Vec<_>>(),
+            ids(&v),
             vec!["Service default/a", "EndpointSlice default/a-1"]
         );
     }
@@ -955,9 +704,10 @@ endpoints:
         let cases: &[(&str, &str, &str)] = &[
             ("spec: {clusterIP: 10.0.0.300, ports: [{port: 80}]}", "spec.clusterIP", "\"10.0.0.300\" is not an IP address"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 70000}]}", "spec.ports[0].port", "70000 is out of range 1-65535"),
-            ("spec: {clusterIP: 10.0.0.1, ports: [{port: 0}]}", "spec.ports[0].port", "0 is out of range 1-65535"),
-            ("spec: {clusterIP: 10.0.0.1, ports: [{port: '80'}]}", "spec.ports[0].port", "expected a port number, found \"80\""),
-            ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, targetPort: 0}]}", "spec.ports[0].targetPort", "0 is out of range 1-65535"),
+            ("spec: {clusterIP: 10.0.0.1, ports: [{port: 0}]}", "spec.ports[0].port", "required (a port number 1-65535)"),
+            ("spec: {clusterIP: 10.0.0.1, ports: [{name: a}]}", "spec.ports[0].port", "required (a port number 1-65535)"),
+            ("spec: {clusterIP: 10.0.0.1, ports: [{port: '80'}]}", "spec.ports[0].port", "invalid type: string \"80\", expected i32"),
+            ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, targetPort: 70000}]}", "spec.ports[0].targetPort", "70000 is out of range 1-65535"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, targetPort: Web_Port}]}", "spec.ports[0].targetPort", "\"Web_Port\" is neither a port number nor a port name (1-15 lowercase letters, digits and inner hyphens)"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, protocol: ICMP}]}", "spec.ports[0].protocol", "unknown protocol \"ICMP\" (expected TCP, UDP or SCTP)"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80, protocol: tcp}]}", "spec.ports[0].protocol", "unknown protocol \"tcp\" (expected TCP, UDP or SCTP)"),
@@ -969,11 +719,13 @@ endpoints:
             ("spec: {ports: [{port: 80}]}", "spec.clusterIP", "required (svc-proxy does not allocate cluster IPs)"),
             ("spec: {clusterIP: 10.0.0.1, clusterIPs: [10.0.0.2], ports: [{port: 80}]}", "spec.clusterIP", "10.0.0.1 differs from spec.clusterIPs[0] 10.0.0.2"),
             ("spec: {clusterIP: 10.0.0.1, externalIPs: [nope], ports: [{port: 80}]}", "spec.externalIPs[0]", "\"nope\" is not an IP address"),
+            ("spec: {clusterIP: 127.0.0.1, ports: [{port: 80}]}", "spec.clusterIP", "127.0.0.1 is a loopback address, which cannot be a virtual service address"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80}], sessionAffinity: Sticky}", "spec.sessionAffinity", "unknown session affinity \"Sticky\" (expected None or ClientIP)"),
             ("spec: {clusterIP: 10.0.0.1, ports: [{port: 80}], sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}}", "spec.sessionAffinityConfig.clientIP.timeoutSeconds", "0 is out of range 1-86400"),
             ("spec: {type: Magic, clusterIP: 10.0.0.1, ports: [{port: 80}]}", "spec.type", "unknown Service type \"Magic\" (expected ClusterIP, NodePort, LoadBalancer or ExternalName)"),
-            ("spec: {clusterIP: 10.0.0.1, ports: {port: 80}}", "spec.ports", "expected a list, found a mapping"),
-            ("spec: {clusterIP: 10.0.0.1, selector: {app: 1}, ports: [{port: 80}]}", "spec.selector.app", "expected a string, found a number"),
+            ("spec: {clusterIP: 10.0.0.1, externalTrafficPolicy: Nearby, ports: [{port: 80}]}", "spec.externalTrafficPolicy", "unknown traffic policy \"Nearby\" (expected Cluster or Local)"),
+            ("spec: {clusterIP: 10.0.0.1, ports: {port: 80}}", "spec.ports", "invalid type: map, expected a sequence"),
+            ("spec: {clusterIP: 10.0.0.1, selector: {app: 1}, ports: [{port: 80}]}", "spec.selector.app", "invalid type: integer `1`, expected a string"),
         ];
         for (spec, field, message) in cases {
             let (f, m) = invalid(&format!("{BASE}{spec}"));
@@ -1028,28 +780,87 @@ endpoints:
             ),
         ];
         for (file, text, want) in cases {
-            let err = parse(file, text, false).unwrap_err();
+            let err = parse(file, text, false, &Filter::default()).unwrap_err();
             assert_eq!(err.to_string(), *want, "{text}");
         }
     }
 
     #[test]
     fn syntax_errors_name_the_document() {
-        let err = parse(
-            "s.yaml",
-            &format!("{SCENARIO}---\nkind: [unclosed\n"),
-            false,
-        )
-        .unwrap_err();
+        let err = objects(&format!("{SCENARIO}---\nkind: [unclosed\n")).unwrap_err();
         assert!(
-            matches!(&err, ManifestError::Syntax { file, document: 2, .. } if file == "s.yaml"),
+            matches!(&err, ManifestError::Syntax { file, document: 2, .. } if file == "t.yaml"),
             "{err}"
         );
-        let err = parse("s.json", "{\"kind\": \"Service\",}", true).unwrap_err();
+        let err = parse(
+            "s.json",
+            "{\"kind\": \"Service\",}",
+            true,
+            &Filter::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, ManifestError::Syntax { document: 1, .. }),
             "{err}"
         );
+    }
+
+    /// A key given twice is an error in YAML and JSON alike, never a silent last-wins: anywhere
+    /// in the object (metadata, spec, a port, labels), and whatever the values.
+    #[test]
+    fn duplicate_mapping_keys_are_refused() {
+        let cases = [
+            format!("{SCENARIO}  clusterIP: 10.0.0.9\n"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, name: t}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n".to_string(),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, labels: {a: b, a: b}}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n".to_string(),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80, port: 81}]}\n".to_string(),
+        ];
+        for text in &cases {
+            let err = objects(text).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::Syntax { message, .. } if message.contains("duplicate key")),
+                "{text}: {err}"
+            );
+        }
+        let json = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.0.0.1","clusterIP":"10.0.0.2","ports":[{"port":80}]}}"#;
+        let err = parse("t.json", json, true, &Filter::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("duplicate key \"clusterIP\""),
+            "{err}"
+        );
+    }
+
+    /// Deep nesting is refused before the YAML parser runs (its cost grows with the square of
+    /// the depth: 150,000 levels took a minute), in flow and in compact block form, YAML and
+    /// JSON; ordinary brackets inside quoted or plain scalars do not count.
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        for deep in [
+            format!("{}{}", "[".repeat(150_000), "]".repeat(150_000)),
+            format!("a: {}1{}", "{b: ".repeat(100), "}".repeat(100)),
+            format!("k: {}{}", "[".repeat(150_000), "]".repeat(150_000)),
+            format!("{}x\n", "- ".repeat(100_000)),
+        ] {
+            let started = std::time::Instant::now();
+            let err = objects(&deep).unwrap_err();
+            assert!(err.to_string().contains("nesting deeper than 64"), "{err}");
+            // Not a timing assertion on the product: a guard that the scan, not the parser, ran.
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+        let err = parse(
+            "t.json",
+            &format!("{}{}", "[".repeat(70), "]".repeat(70)),
+            true,
+            &Filter::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("nesting deeper than 64"), "{err}");
+        let fine = format!(
+            "{SCENARIO}  # a comment with [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nmetadata2: \"{}\"\nplain: a{}\n",
+            "[".repeat(100),
+            "[".repeat(100)
+        );
+        assert!(too_deep(&fine).is_none());
     }
 
     #[test]
@@ -1057,10 +868,12 @@ endpoints:
         let base = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e, labels: {kubernetes.io/service-name: s}}\n";
         let cases: &[(&str, &str, &str)] = &[
             ("addressType: Other", "addressType", "unsupported address type \"Other\" (expected IPv4, IPv6 or FQDN)"),
+            ("endpoints: []", "addressType", "required"),
             ("addressType: IPv4\nendpoints: [{addresses: [\"fd00::1\"]}]", "endpoints[0].addresses[0]", "fd00::1 does not match addressType IPv4"),
             ("addressType: IPv4\nendpoints: [{addresses: []}]", "endpoints[0].addresses", "required (at least one address)"),
-            ("addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], conditions: {ready: yes-ish}}]", "endpoints[0].conditions.ready", "expected true or false, found a string"),
+            ("addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], conditions: {ready: yes-ish}}]", "endpoints[0].conditions.ready", "invalid type: string \"yes-ish\", expected a boolean"),
             ("addressType: IPv4\nports: [{port: 65536}]", "ports[0].port", "65536 is out of range 1-65535"),
+            ("addressType: IPv4\nendpoints: [{addresses: [0.0.0.0]}]", "endpoints[0].addresses[0]", "0.0.0.0 is the unspecified address, which cannot be a real server"),
         ];
         for (rest, field, message) in cases {
             let (f, m) = invalid(&format!("{base}{rest}\n"));
@@ -1096,11 +909,12 @@ endpoints:
         };
         const ALPHABET: &[u8] = b"{}[]:,-\"' \n0123456789.xZ";
         let mut parsed = 0;
+        let filter = Filter::default();
         for (text, is_json) in &samples {
             let bytes = text.as_bytes();
             for end in 0..bytes.len() {
                 let cut = String::from_utf8_lossy(&bytes[..end]);
-                parsed += usize::from(parse("t", &cut, *is_json).is_ok());
+                parsed += usize::from(parse("t", &cut, *is_json, &filter).is_ok());
             }
             for _ in 0..3000 {
                 let mut b = bytes.to_vec();
@@ -1108,7 +922,9 @@ endpoints:
                     let at = (next() % b.len() as u64) as usize;
                     b[at] = ALPHABET[(next() % ALPHABET.len() as u64) as usize];
                 }
-                parsed += usize::from(parse("t", &String::from_utf8_lossy(&b), *is_json).is_ok());
+                parsed += usize::from(
+                    parse("t", &String::from_utf8_lossy(&b), *is_json, &filter).is_ok(),
+                );
             }
         }
         // Some mutations stay valid (a changed digit, a truncation at a document end).

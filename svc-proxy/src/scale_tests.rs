@@ -1,13 +1,16 @@
 //! Timing of one endpoint change, and of the drain tick that follows it, at 100 and 10,000
-//! Services against the recording fake; run with
+//! Services against the recording fake (deltas fed directly); run with
 //! `cargo test --release -p svc-proxy one_change_timing -- --ignored --nocapture`.
 
 use crate::controller::{Config, Controller};
 use crate::dataplane::fake::Recording;
+use crate::health::Health;
+use crate::manifest::parse;
 use crate::metrics::Metrics;
+use crate::objects::{Kind, Object};
 use crate::plan::Op;
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use crate::store::{Delta, SourceId, Store};
+use crate::validate::Filter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,38 +31,63 @@ fn manifest(i: usize, first: usize) -> String {
     y
 }
 
+fn objects(i: usize, first: usize) -> Vec<Object> {
+    parse("t", &manifest(i, first), false, &Filter::default()).unwrap()
+}
+
 fn median_max(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[v.len() - 1])
 }
 
 fn measure(n: usize) {
-    let dir = std::env::temp_dir().join(format!("svc-proxy-scale-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(dir.join("m")).unwrap();
-    std::fs::create_dir_all(dir.join("state")).unwrap();
-    for i in 0..n {
-        std::fs::write(dir.join(format!("m/s{i}.yaml")), manifest(i, 0)).unwrap();
-    }
     let cfg = Config {
-        manifests: vec![dir.join("m")],
-        attachments: dir.join("state"),
         scheduler: "rr".into(),
         resync: Duration::from_secs(3600),
+        min_sync: Duration::ZERO,
         graceful_timeout: Duration::from_secs(60),
     };
+    let mut store = Store::new("n1");
+    store.expect(SourceId::Api, Kind::Service);
+    store.expect(SourceId::Api, Kind::EndpointSlice);
+    let health = Arc::new(Health::new(Duration::from_secs(60), false));
     let t0 = Instant::now();
-    let mut c = Controller::new(cfg, Recording::default(), Arc::new(Metrics::default()), t0);
-    c.resync(t0);
-    let converged = t0.elapsed();
+    let mut c = Controller::new(
+        cfg,
+        store,
+        Recording::default(),
+        Arc::new(Metrics::default()),
+        health,
+        t0,
+    );
+    let all: Vec<Object> = (0..n).flat_map(|i| objects(i, 0)).collect();
+    for kind in [Kind::Service, Kind::EndpointSlice] {
+        let objects = all.iter().filter(|o| o.kind() == kind).cloned().collect();
+        c.receive(
+            SourceId::Api,
+            Delta::Replace {
+                kind,
+                objects,
+                kept: vec![],
+            },
+            t0,
+        );
+    }
+    let started = Instant::now();
+    c.step(Instant::now());
+    let converged = started.elapsed();
     let mut changes = Vec::new();
     let mut ticks = Vec::new();
     for trial in 0..21 {
         // Replace one endpoint: one real server added, one drained at weight 0 ...
         let i = (trial * 7919) % n;
-        let p: PathBuf = dir.join(format!("m/s{i}.yaml"));
-        std::fs::write(&p, manifest(i, 1 + trial)).unwrap();
+        let slice = objects(i, 1 + trial)
+            .into_iter()
+            .find(|o| o.kind() == Kind::EndpointSlice)
+            .unwrap();
         let started = Instant::now();
-        c.paths_changed(&BTreeSet::from([p]), Instant::now());
+        c.receive(SourceId::Api, Delta::Apply(slice), Instant::now());
+        c.step(Instant::now());
         changes.push(started.elapsed());
         assert!(!c.dp.take().is_empty());
         // ... and deleted by the next drain tick (no connections).
@@ -75,10 +103,9 @@ fn measure(n: usize) {
     let (change, change_max) = median_max(changes);
     let (tick, tick_max) = median_max(ticks);
     println!(
-        "{n} services: full resync {converged:?}; one change: median {change:?}, max \
+        "{n} services: first sync {converged:?}; one change: median {change:?}, max \
          {change_max:?}; drain tick: median {tick:?}, max {tick_max:?}"
     );
-    let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
 
 #[test]
