@@ -11,12 +11,15 @@
 //!   and its config on stdin from inside a "node" namespace, and the parsed outcome.
 //! - [`observe`]: read-only kernel observers (links, addresses, routes, bridge ports, ipset members,
 //!   iptables rules, sysctls) and [`observe::NodeState`], the snapshot "node unchanged" compares.
+//! - [`k8s`]: [`k8s::ControlPlane`], a real etcd + kube-apiserver + kube-controller-manager on
+//!   loopback (`tests/k8s/up.sh`), driven with kubectl, stopped on drop.
 //! - [`traffic`]: [`traffic::WhoServer`], a TCP server that answers each connection with the source
 //!   address it saw, and [`traffic::who_am_i`], its client; together they prove reachability and SNAT.
 
 pub mod cni;
 pub mod containerd;
 pub mod fs;
+pub mod k8s;
 pub mod netns;
 pub mod observe;
 pub mod root;

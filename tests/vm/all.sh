@@ -32,6 +32,10 @@ run() {
 	echo "=== $name took $((SECONDS - start)) s"
 }
 
+# run.sh without VM_APISERVER_PORT (as scripts/test.sh runs this) gives the guest no network device.
+nics=$(for l in /sys/class/net/*; do [ -e "$l/device" ] && basename "$l"; done)
+if [ -z "$nics" ]; then echo "PASS the guest has no network device"; else echo "FAIL the guest has network devices: $nics"; failed+=(no-network); fi
+
 run seed-scenario "$here/seed-scenario.sh"
 run ipvs-kernel ipvs_kernel_tests
 run e2e-scenario "$here/e2e-scenario.sh"

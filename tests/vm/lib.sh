@@ -150,3 +150,43 @@ requests() {
 }
 # Prints "name=count ..." for a list of answers.
 tally() { sort | uniq -c | awk '{ printf "%s%s=%d", (NR > 1 ? " " : ""), $2, $1 }'; }
+
+# --- The host's API server from a node namespace in the guest (run.sh with VM_APISERVER_PORT: the
+# guest's eth0 reaches 10.0.2.100:6443 and nothing else). The node namespace gets a veth into the
+# guest's root namespace (throwaway, so changing it is fine), a host route to 10.0.2.100 only, and
+# its traffic is masqueraded to eth0's address there, as a node's traffic to an off-node API server
+# would be.
+apiserver_vip=10.0.2.100
+apiserver_link_net=169.254.123
+
+# apiserver_route NETNS: as above; the node side is `apiserver0` with 169.254.123.(4i+2)/30, the
+# guest side `k8sapi<i>` with .(4i+1). Undone by apiserver_unroute NETNS (deleting NETNS removes
+# the veth but not the masquerade rule).
+apiserver_route() {
+	local ns=$1 i
+	[ -e /sys/class/net/eth0 ] || { echo "apiserver_route: the guest has no eth0 (run.sh needs VM_APISERVER_PORT)" >&2; return 1; }
+	for ((i = 0; i < 64; i++)); do
+		ip link add "k8sapi$i" type veth peer name apiserver0 netns "$ns" 2>/dev/null && break
+	done
+	((i < 64)) || { echo "apiserver_route: no free k8sapi<i> link" >&2; return 1; }
+	echo "$i" >"/run/apiserver-route-$ns"
+	ip addr add "$apiserver_link_net.$((4 * i + 1))/30" dev "k8sapi$i" &&
+		ip link set "k8sapi$i" up &&
+		in_ns "$ns" ip addr add "$apiserver_link_net.$((4 * i + 2))/30" dev apiserver0 &&
+		in_ns "$ns" ip link set apiserver0 up &&
+		in_ns "$ns" ip route add "$apiserver_vip/32" via "$apiserver_link_net.$((4 * i + 1))" &&
+		sysctl -qw net.ipv4.ip_forward=1 &&
+		iptables -t nat -A POSTROUTING -s "$apiserver_link_net.$((4 * i))/30" -o eth0 -j MASQUERADE
+}
+
+# apiserver_gateway NETNS: the guest-side address NETNS's route to the API server goes through.
+apiserver_gateway() { echo "$apiserver_link_net.$((4 * $(cat "/run/apiserver-route-$1") + 1))"; }
+
+apiserver_unroute() {
+	local ns=$1 i
+	[ -f "/run/apiserver-route-$ns" ] || return 0
+	i=$(cat "/run/apiserver-route-$ns")
+	iptables -t nat -D POSTROUTING -s "$apiserver_link_net.$((4 * i))/30" -o eth0 -j MASQUERADE 2>/dev/null
+	ip link del "k8sapi$i" 2>/dev/null
+	rm -f "/run/apiserver-route-$ns"
+}

@@ -13,6 +13,10 @@
 #   VM_CACHE    kernel/initramfs cache (default <repo>/.cache/vm, gitignored)
 #   VM_KEEP=1   keep the job directory (console log, dmesg) after the run
 #   VM_ACCEL    QEMU accelerator (default tcg; kvm hangs or aborts on the project's machine)
+#   VM_APISERVER_PORT=PORT  gives the guest one NIC, eth0 10.0.2.15/24, whose only way out is
+#               10.0.2.100:6443, forwarded to 127.0.0.1:PORT on this machine (a kube-apiserver of
+#               tests/k8s/up.sh); QEMU user networking with restrict=on, so nothing else of the host
+#               or beyond is reachable. Unset (the default): no network device at all.
 #
 # Inside the guest, $VM_JOB is a directory shared writable with the host at the same path: put
 # results there (it is removed after the run unless VM_KEEP=1).
@@ -48,11 +52,20 @@ done
 (($#)) || usage 2
 [[ $timeout =~ ^[0-9]+$ ]] || die "timeout must be whole seconds, got '$timeout'"
 [ "$(id -u)" = 0 ] || die "run as root (the 9p export must read every file of the host's root filesystem)"
+apiserver_port=${VM_APISERVER_PORT:-}
+if [ -n "$apiserver_port" ]; then
+	[[ $apiserver_port =~ ^[0-9]+$ ]] && ((apiserver_port > 0 && apiserver_port < 65536)) ||
+		die "VM_APISERVER_PORT must be a TCP port, got '$apiserver_port'"
+	# QEMU splits guestfwd's command on spaces and its option string on commas.
+	[[ $here != *[\ ,]* ]] || die "the guest forward needs a path without spaces or commas: $here"
+fi
 
 # Debian packages the harness itself needs; installed on first use.
 ensure_deps() {
 	local missing=() p
-	for p in qemu-system-x86 busybox-static kmod cpio gzip; do
+	local wanted=(qemu-system-x86 busybox-static kmod cpio gzip)
+	[ -z "$apiserver_port" ] || wanted+=(socat)
+	for p in "${wanted[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 	done
 	((${#missing[@]})) || return 0
@@ -165,9 +178,17 @@ if [ -e "${cmd[0]}" ]; then cmd[0]=$(realpath "${cmd[0]}"); fi
 chmod 0755 "$job/job.sh"
 echo "$job" >"$job/path"
 
+# No NIC (-nodefaults) unless asked for: then one, whose only way out is the forward to the API
+# server (restrict=on: no route to the host or anything beyond; guestfwd runs the forwarder once
+# per connection).
+net=()
+if [ -n "$apiserver_port" ]; then
+	net=(-netdev "user,id=n0,restrict=on,ipv6=off,guestfwd=tcp:10.0.2.100:6443-cmd:$here/apiserver-forward.sh $apiserver_port"
+		-device virtio-net-pci,netdev=n0)
+fi
+
 start=$(date +%s)
-# No NIC (-nodefaults): the guest's network never reaches the host's. virtio-rng: the guest's
-# random pool is ready at boot, not 40 s later. ttyS0 carries the kernel
+# virtio-rng: the guest's random pool is ready at boot, not 40 s later. ttyS0 carries the kernel
 # console into a file; ttyS1 carries the job's output to our stdout.
 timeout -k 10 "$timeout" qemu-system-x86_64 \
 	-nodefaults -machine q35 -accel "${VM_ACCEL:-tcg}" -m "$mem" -smp "$cpus" -display none -no-reboot \
@@ -175,7 +196,7 @@ timeout -k 10 "$timeout" qemu-system-x86_64 \
 	-append "console=ttyS0 quiet panic=-1" \
 	-chardev file,id=console,path="$job/console.log" -device isa-serial,chardev=console \
 	-chardev stdio,id=out,signal=off -device isa-serial,chardev=out \
-	-device virtio-rng-pci \
+	-device virtio-rng-pci "${net[@]}" \
 	-virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
 	-virtfs local,path="$job",mount_tag=job,security_model=passthrough </dev/null &
 qemu_pid=$!

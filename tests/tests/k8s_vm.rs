@@ -1,0 +1,44 @@
+//! The VM guest's way to the host's API server (`tests/vm/run.sh` with `VM_APISERVER_PORT`):
+//! `tests/vm/k8s-reach.sh` in the guest lists this control plane's namespaces with kubectl from a
+//! node network namespace, holds three watches beside concurrent lists, and finds the rest of the
+//! host unreachable; its PASS/FAIL lines are the checks. Then the host sees what the guest wrote.
+//!
+//! Needs root (QEMU's 9p export of `/`) and the VM's packages (scripts/setup.sh):
+//! `cargo test -p node-tests --test k8s_vm`.
+
+use node_tests::k8s::ControlPlane;
+use node_tests::root::require_root;
+
+#[test]
+fn vm_guest_reaches_the_host_apiserver_and_nothing_else() {
+    require_root();
+    let cp = ControlPlane::start();
+    let marker = format!("vm-reach-{}", std::process::id());
+    cp.kubectl(&["create", "namespace", &marker]);
+
+    let out = cp
+        .vm_command(&["tests/vm/k8s-reach.sh"], &[("K8S_MARKER", &marker)])
+        .output()
+        .expect("spawn tests/vm/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "k8s-reach.sh in the VM failed ({}): {failed:?}",
+        out.status
+    );
+    // finish() prints this only at the end of the script: every check ran.
+    assert!(
+        stdout.contains("all checks passed") && passed > 0,
+        "k8s-reach.sh did not run to its end:\n{stdout}"
+    );
+
+    let from_guest = cp.kubectl_json(&["get", "configmap", "reach", "-n", &marker]);
+    assert_eq!(
+        from_guest["data"]["from"], "vm-guest",
+        "the ConfigMap the guest applied is in the host's API server"
+    );
+}
