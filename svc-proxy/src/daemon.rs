@@ -2,6 +2,7 @@
 //! together from resolved [`Settings`], and runs until `shutdown` resolves (or syncs once).
 
 use crate::controller::{self, Controller};
+use crate::dataplane::Dataplane;
 use crate::health::Health;
 use crate::instance::Instance;
 use crate::kernel::Kernel;
@@ -73,20 +74,31 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-/// Runs the daemon until `shutdown` resolves. Kernel state stays in place at exit.
+/// Runs the daemon on this node's kernel until `shutdown` resolves (or syncs once, with
+/// `once`). Kernel state stays in place at exit.
 pub fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<()> {
     let _instance = Instance::claim(&s.dummy)?;
     if let Some(adj) = s.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .with_context(|| format!("setting oom_score_adj to {adj}"))?;
     }
-    let rt = runtime()?;
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::new(s.controller.resync * 2, s.api.is_some()));
     let kernel = Kernel::open(&s.dummy)?;
+    run_with(s, kernel, Arc::new(Metrics::default()), shutdown)
+}
+
+/// Runs the daemon on dataplane `dp` (the kernel, or a recording one in tests), publishing into
+/// `metrics`, until `shutdown` resolves.
+pub fn run_with<D: Dataplane + Send + 'static>(
+    s: Settings,
+    dp: D,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let rt = runtime()?;
+    let health = Arc::new(Health::new(s.controller.resync * 2, s.api.is_some()));
     let store = store(&s);
     if s.once {
-        return once(&s, &rt, store, kernel, metrics, health);
+        return once(&s, &rt, store, dp, metrics, health);
     }
 
     let (tx, rx) = std::sync::mpsc::channel();
@@ -118,7 +130,7 @@ pub fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<()> {
     let controller = std::thread::Builder::new()
         .name("controller".into())
         .spawn(move || {
-            let mut c = Controller::new(cfg, store, kernel, m, h, Instant::now());
+            let mut c = Controller::new(cfg, store, dp, m, h, Instant::now());
             c.run(&rx);
         })
         .context("starting the controller")?;
@@ -178,11 +190,11 @@ fn serve(
 }
 
 /// `--once`: reads every source once, syncs, and fails if anything was invalid or failed.
-fn once(
+fn once<D: Dataplane>(
     s: &Settings,
     rt: &tokio::runtime::Runtime,
     store: Store,
-    kernel: Kernel,
+    dp: D,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> Result<()> {
@@ -190,7 +202,7 @@ fn once(
     let mut c = Controller::new(
         s.controller.clone(),
         store,
-        kernel,
+        dp,
         metrics.clone(),
         health,
         now,

@@ -39,9 +39,37 @@ pub trait Dataplane {
     fn cleanup(&mut self) -> Result<()>;
 }
 
-#[cfg(test)]
+/// A dataplane shared with someone who watches it (a test that runs the daemon in-process).
+impl<D: Dataplane> Dataplane for std::sync::Arc<std::sync::Mutex<D>> {
+    fn ensure_base(&mut self) -> Result<()> {
+        self.lock().unwrap_or_else(|p| p.into_inner()).ensure_base()
+    }
+
+    fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed> {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(claimed)
+    }
+
+    fn observe_service(&mut self, key: &ServiceKey) -> Result<Option<ObservedService>> {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe_service(key)
+    }
+
+    fn apply(&mut self, ops: &[Op]) -> Vec<Result<()>> {
+        self.lock().unwrap_or_else(|p| p.into_inner()).apply(ops)
+    }
+
+    fn cleanup(&mut self) -> Result<()> {
+        self.lock().unwrap_or_else(|p| p.into_inner()).cleanup()
+    }
+}
+
 pub mod fake {
-    //! A dataplane that keeps kernel state in memory, records every operation, and fails on demand.
+    //! A dataplane that keeps kernel state in memory, records every operation, and fails on
+    //! demand: the controller's unit tests and the in-process tests against a real API server
+    //! (which need no IPVS) drive svc-proxy against it.
 
     use super::*;
     use crate::plan::Scope;

@@ -13,6 +13,8 @@
 //!   iptables rules, sysctls) and [`observe::NodeState`], the snapshot "node unchanged" compares.
 //! - [`k8s`]: [`k8s::ControlPlane`], a real etcd + kube-apiserver + kube-controller-manager on
 //!   loopback (`tests/k8s/up.sh`), driven with kubectl, stopped on drop.
+//! - [`proxy`]: [`proxy::Proxy`], svc-proxy's daemon in-process on the recording dataplane, fed
+//!   by a real API server, with its log lines captured.
 //! - [`traffic`]: [`traffic::WhoServer`], a TCP server that answers each connection with the source
 //!   address it saw, and [`traffic::who_am_i`], its client; together they prove reachability and SNAT.
 
@@ -22,5 +24,6 @@ pub mod fs;
 pub mod k8s;
 pub mod netns;
 pub mod observe;
+pub mod proxy;
 pub mod root;
 pub mod traffic;

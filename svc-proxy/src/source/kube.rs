@@ -256,7 +256,7 @@ fn describe(e: &watcher::Error) -> String {
     };
     match inner {
         kube::Error::Api(status) => format!("{e}: {}", status.message),
-        other => format!("{e}: {other}"),
+        _ => e.to_string(),
     }
 }
 
