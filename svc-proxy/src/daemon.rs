@@ -250,7 +250,7 @@ pub fn check(s: &Settings) -> Result<(String, usize)> {
     let mut store = Store::new(&s.node_name);
     let mut problems = 0;
     if !s.manifests.is_empty() {
-        let mut files = FileSource::new(s.manifests.clone(), s.filter.clone(), metrics.clone());
+        let mut files = FileSource::once(s.manifests.clone(), s.filter.clone(), metrics.clone());
         for d in files.rescan() {
             store.apply(SourceId::Files, d);
         }

@@ -152,7 +152,7 @@ kubeconfig "$dir/kubeconfig" "https://127.0.0.1:$apiserver_port" admin
 kubeconfig "$dir/kubeconfig-vm" "https://10.0.2.100:6443" admin
 kubeconfig "$dir/kube-controller-manager.kubeconfig" "https://127.0.0.1:$apiserver_port" kube-controller-manager
 
-service_cidrs=10.96.0.0/16,fd00:96::/112
+service_cidrs=10.96.0.0/12,fd00:96::/112
 {
 	printf 'K8S_DIR=%q\nK8S_BIN=%q\n' "$dir" "$bin"
 	printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\nCONTROLLER_MANAGER_PORT=%s\n' \

@@ -42,3 +42,30 @@ fn vm_guest_reaches_the_host_apiserver_and_nothing_else() {
         "the ConfigMap the guest applied is in the host's API server"
     );
 }
+
+/// Issue 9's VM tier: the seed scenario with its Service, Pods and EndpointSlice in the host's
+/// API server and svc-proxy in the guest (real IPVS) fed by it through the guest's forward;
+/// `tests/vm/e2e-k8s.sh`'s PASS/FAIL lines are the checks (node, pod and hairpin reach the VIP,
+/// round robin, a pod's Ready=false takes it out of rotation).
+#[test]
+fn svc_proxy_in_the_vm_serves_the_scenario_from_the_api() {
+    require_root();
+    let cp = ControlPlane::start();
+    let out = cp
+        .vm_command(&["tests/vm/e2e-k8s.sh"], &[])
+        .output()
+        .expect("spawn tests/vm/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "e2e-k8s.sh in the VM failed ({}): {failed:?}",
+        out.status
+    );
+    assert!(
+        stdout.contains("all checks passed"),
+        "e2e-k8s.sh did not run to its end"
+    );
+}

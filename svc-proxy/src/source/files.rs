@@ -38,6 +38,8 @@ pub struct FileSource {
     defs: HashMap<ObjectRef, BTreeSet<PathBuf>>,
     /// Whether the initial list was reported.
     listed: bool,
+    /// A daemon keeps a rejected file's last good objects (and says so); `check` has none.
+    keeps_state: bool,
     /// Invalid manifest loads since start.
     pub errors: usize,
 }
@@ -51,7 +53,17 @@ impl FileSource {
             files: BTreeMap::new(),
             defs: HashMap::new(),
             listed: false,
+            keeps_state: true,
             errors: 0,
+        }
+    }
+
+    /// A source for one read (`svc-proxy check`): a rejected file is reported as such, with no
+    /// talk of a state it keeps.
+    pub fn once(inputs: Vec<PathBuf>, filter: Filter, metrics: Arc<Metrics>) -> FileSource {
+        FileSource {
+            keeps_state: false,
+            ..FileSource::new(inputs, filter, metrics)
         }
     }
 
@@ -180,7 +192,11 @@ impl FileSource {
                 }
                 Ok(objects) => objects.into_iter().map(|o| (o.reference(), o)).collect(),
                 Err(e) => {
-                    log::error!("{e}; keeping this file's last good objects");
+                    if self.keeps_state {
+                        log::error!("{e}; keeping this file's last good objects");
+                    } else {
+                        log::error!("{e}");
+                    }
                     self.errors += 1;
                     self.metrics.invalid_object(SourceId::Files);
                     self.files
