@@ -38,8 +38,10 @@ impl ControlPlane {
         let bin = match std::env::var_os("K8S_BIN") {
             Some(bin) => PathBuf::from(bin),
             None => {
+                // Its progress goes straight to the terminal: a first build takes many minutes.
                 let out = Command::new(scripts.join("build.sh"))
                     .stdin(Stdio::null())
+                    .stderr(Stdio::inherit())
                     .output();
                 PathBuf::from(checked("tests/k8s/build.sh", out).trim())
             }
