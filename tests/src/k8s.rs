@@ -17,10 +17,6 @@ use serde_json::{json, Value};
 use crate::containerd::repo_root;
 use crate::fs::TempDir;
 
-/// The address and port the VM guest reaches the API server at (`tests/vm/run.sh` with
-/// `VM_APISERVER_PORT`); `kubeconfig-vm` points there.
-pub const VM_APISERVER: &str = "10.0.2.100:6443";
-
 /// A running control plane; dropping it stops every process and removes its directory.
 #[derive(Debug)]
 pub struct ControlPlane {
