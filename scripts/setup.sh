@@ -14,6 +14,8 @@ packages=(
   containerd runc golang-go dpkg-dev
   # the throwaway VM with a real kernel
   qemu-system-x86 busybox-static cpio gzip
+  # the real control plane (tests/k8s: its PKI; Go >= 1.26 builds it) and the VM's forward to it
+  openssl socat
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up and runs every test tier; prints one closing line "N passed, N failed".
 #   format, clippy, unit tests, the namespace tests on this kernel (cni-bridge, containerd, cnitool),
-#   and the VM tests on Debian's own kernel (IPVS, dummy, the scenario end to end).
+#   the tests against a real control plane (tests/k8s; one of them boots the VM with a forward to
+#   it), and the VM tests on Debian's own kernel (IPVS, dummy, the scenario end to end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (network namespaces, containerd, QEMU)" >&2; exit 1; }
@@ -30,6 +31,10 @@ tier() {
 tier fmt cargo fmt --all -- --check
 tier clippy cargo clippy --workspace --all-targets -- -D warnings
 tier build cargo build --workspace --all-targets
+# The real control plane's binaries for the cargo tier's k8s tests (cached; the first build takes
+# about 15 min). K8S_BIN tells the harness where they are.
+tier k8s-build tests/k8s/build.sh
+K8S_BIN=$(tests/k8s/build.sh 2>/dev/null) && export K8S_BIN
 tier cargo-tests cargo test --workspace --no-fail-fast
 # The VM runs prebuilt test binaries (cargo in the guest would rebuild over 9p).
 IPVS_TEST_BIN=$(cargo test -p nodenet --test ipvs_kernel --no-run --message-format=json 2>/dev/null |

@@ -113,12 +113,20 @@ openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 umask 022
 pki_done=$(elapsed)
 
-# --- Free ports, all picked at once (held open together so they differ), released just before use.
+# --- Free ports, picked below the ephemeral range: a port taken from that range and released again
+# could meanwhile become the local port of some outgoing connection (e.g. kube-apiserver's to
+# etcd), and the component meant to listen on it would fail. Each candidate must bind now.
 read -r etcd_port etcd_peer_port apiserver_port cm_port < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+socks = []
+while len(socks) < 4:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(min(10000, low // 2), low)))
+        socks.append(s)
+    except OSError:
+        s.close()
 print(*(s.getsockname()[1] for s in socks))')
 [ -n "$cm_port" ] || k8s_die "could not pick free ports"
 

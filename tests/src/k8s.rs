@@ -17,10 +17,6 @@ use serde_json::{json, Value};
 use crate::containerd::repo_root;
 use crate::fs::TempDir;
 
-/// The address and port the VM guest reaches the API server at (`tests/vm/run.sh` with
-/// `VM_APISERVER_PORT`); `kubeconfig-vm` points there.
-pub const VM_APISERVER: &str = "10.0.2.100:6443";
-
 /// A running control plane; dropping it stops every process and removes its directory.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -38,8 +34,10 @@ impl ControlPlane {
         let bin = match std::env::var_os("K8S_BIN") {
             Some(bin) => PathBuf::from(bin),
             None => {
+                // Its progress goes straight to the terminal: a first build takes many minutes.
                 let out = Command::new(scripts.join("build.sh"))
                     .stdin(Stdio::null())
+                    .stderr(Stdio::inherit())
                     .output();
                 PathBuf::from(checked("tests/k8s/build.sh", out).trim())
             }
