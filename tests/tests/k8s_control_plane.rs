@@ -152,9 +152,9 @@ fn real_controllers_follow_objects_and_survive_an_apiserver_restart() {
         "RequireDualStack gets two ClusterIPs: {cluster_ips:?}"
     );
     assert!(
-        within(&cluster_ips[0].to_string(), "10.96.0.0/16")
+        within(&cluster_ips[0].to_string(), "10.96.0.0/12")
             && within(&cluster_ips[1].to_string(), "fd00:96::/112"),
-        "ClusterIPs {cluster_ips:?} come from 10.96.0.0/16 and fd00:96::/112"
+        "ClusterIPs {cluster_ips:?} come from 10.96.0.0/12 and fd00:96::/112"
     );
 
     // Before the "kubelet" reports anything, the Pod has no IP: no endpoint.
