@@ -204,7 +204,7 @@ fn verify_table(ipvs: &Ipvs, n: usize) -> Result<()> {
 }
 
 fn set_spec() -> SetSpec {
-    let mut spec = SetSpec::new(SET, SetType::HashIpPortIp, ipset::Family::V4);
+    let mut spec = SetSpec::new(SET, SetType::HashIpPortIp, nodenet::Family::V4);
     spec.maxelem = Some(1 << 20);
     spec
 }
