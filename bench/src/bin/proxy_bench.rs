@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use nodenet::ipset::{self, Entry, Ipset, SetSpec, SetType};
+use nodenet::ipset::{Entry, Ipset, SetSpec, SetType};
 use nodenet::ipvs::{self, Destination, Ipvs, ServiceKey};
 use nodenet::Protocol;
 
