@@ -27,8 +27,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/cni-bridge";
 pub const RECORD_VERSION: u32 = 1;
 /// Largest record read (labels included); larger files are refused.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
-/// The per-network lock file in the record directory (ignored by readers: starts with `.`).
-const LOCK_FILE: &str = ".lock";
+/// The per-network lock file in the record directory (ignored by readers: not `*.json`).
+const LOCK_FILE: &str = "lock";
 const SUFFIX: &str = ".json";
 const TEMP_MARK: &str = ".tmp.";
 

@@ -398,10 +398,16 @@ impl Node {
             .collect()
     }
 
-    /// cni-bridge attachment records of `network` (file name → parsed JSON).
+    /// cni-bridge attachment records of `network` (file name → parsed JSON): the `*.json` files
+    /// not starting with `.`, as readers are told to take them (the lock and temporary files
+    /// are not records).
     pub fn records(&self, network: &str) -> BTreeMap<String, Value> {
         crate::fs::snapshot(&self.state_dir().join(network))
             .into_iter()
+            .filter(|(path, _)| {
+                let name = path.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".json")
+            })
             .map(|(path, content)| {
                 let value = serde_json::from_slice(&content)
                     .unwrap_or_else(|e| panic!("record {} is not JSON: {e}", path.display()));

@@ -32,11 +32,10 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<Value> {
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for ADD"))?;
     let netns = open_pod_netns(ns_path)?;
-    let mut records = lock_attachment(conf, env)?;
-    block_on(run(env, conf, &netns, &mut records))?
+    block_on(run(env, conf, &netns))?
 }
 
-async fn run(env: &Env, conf: &NetConf, netns: &NetNs, records: &mut Records) -> Result<Value> {
+async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
     let host = Rtnl::new()?;
     let pod = Rtnl::in_netns(netns)?;
     let (existing, bridge) = futures::join!(
@@ -71,6 +70,9 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs, records: &mut Records) ->
         Some(m) => Some(m),
         None => env.arg("MAC").map(parse_mac_arg).transpose()?,
     };
+    // Everything above only reads: a refused ADD leaves no file behind, not even a lock.
+    let mut locked = lock_attachment(conf, env)?;
+    let records = &mut locked;
 
     // A record left for this attachment belongs to an ADD that died or a container whose
     // namespace was replaced without a DEL: release what it names first.
