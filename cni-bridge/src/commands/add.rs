@@ -76,7 +76,15 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
 
     // A record left for this attachment belongs to an ADD that died or a container whose
     // namespace was replaced without a DEL: release what it names first.
-    if let Some(stale) = records.load(&env.container_id, &env.ifname)? {
+    // A file under the record's name that is no record of ours (a symlink, a FIFO, an
+    // oversized file) is replaced when the record is written, never followed.
+    let stale = records
+        .load(&env.container_id, &env.ifname)
+        .unwrap_or_else(|e| {
+            log::warn!("ADD: {e}; replaced by this ADD's record");
+            None
+        });
+    if let Some(stale) = stale {
         log::info!(
             "ADD: releasing stale attachment record of {}/{}",
             env.container_id,
