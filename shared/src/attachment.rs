@@ -476,3 +476,272 @@ impl Records {
         Ok(by_attachment.into_values().map(|(_, a)| a).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "nodenet-records-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    }
+
+    /// A record exactly as the previous version of cni-bridge wrote it (`serde_json`
+    /// pretty-printed, its field order), for `podnet`/`c1`/`eth0`.
+    const PREVIOUS_VERSION: &str = r#"{
+  "version": 1,
+  "network": "podnet",
+  "containerId": "c1",
+  "ifname": "eth0",
+  "netns": "/run/netns/p",
+  "phase": "ready",
+  "bridge": "cni0",
+  "hostVeth": "veth1a2b3c4d",
+  "ips": [
+    "10.0.0.11/24",
+    "fd00::b/64"
+  ],
+  "gateways": [
+    "10.0.0.1",
+    "fd00::1"
+  ],
+  "podNamespace": "default",
+  "labels": {
+    "component": "app"
+  },
+  "masqSet": "CNIB-8fe508ed",
+  "ipam": "cni-bridge-ipam"
+}"#;
+
+    fn sample(id: &str, ifname: &str) -> Attachment {
+        let mut a = parse(PREVIOUS_VERSION.as_bytes(), Path::new("x")).unwrap();
+        a.container_id = id.into();
+        a.ifname = ifname.into();
+        a
+    }
+
+    #[test]
+    fn records_of_the_previous_version_read_and_write_back_identically() {
+        let a = parse(PREVIOUS_VERSION.as_bytes(), Path::new("x")).unwrap();
+        assert_eq!(a.phase, Phase::Ready);
+        assert!(a.is_ready());
+        assert_eq!(
+            a.addresses(),
+            vec![
+                "10.0.0.11".parse::<IpAddr>().unwrap(),
+                "fd00::b".parse().unwrap()
+            ]
+        );
+        assert_eq!(a.ips[0].prefix(), 24);
+        assert_eq!(a.pod_namespace.as_deref(), Some("default"));
+        assert_eq!(a.pod_name, None);
+        assert_eq!(a.labels["component"], "app");
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec_pretty(&a).unwrap()).unwrap(),
+            PREVIOUS_VERSION
+        );
+        // svc-proxy's minimal reading of it (only what it used) still parses.
+        let minimal = r#"{"version":1,"network":"home","containerId":"c1","ifname":"eth0","netns":"/proc/1/ns/net","phase":"ready","bridge":"bridge_home","hostVeth":"veth1","ips":["10.0.0.11/24"],"gateways":["10.0.0.1"],"labels":{"component":"app"}}"#;
+        let m = parse(minimal.as_bytes(), Path::new("x")).unwrap();
+        assert_eq!(m.addresses(), vec!["10.0.0.11".parse::<IpAddr>().unwrap()]);
+        assert_eq!(m.masq_set, None);
+    }
+
+    #[test]
+    fn unknown_versions_and_bad_addresses_are_refused() {
+        let v2 = PREVIOUS_VERSION.replace("\"version\": 1", "\"version\": 2");
+        assert!(matches!(
+            parse(v2.as_bytes(), Path::new("x")),
+            Err(RecordError::Version { version: 2, .. })
+        ));
+        let bad = PREVIOUS_VERSION.replace("10.0.0.11/24", "x/24");
+        assert!(matches!(
+            parse(bad.as_bytes(), Path::new("x")),
+            Err(RecordError::Decode { .. })
+        ));
+        let adding = PREVIOUS_VERSION.replace("\"ready\"", "\"adding\"");
+        assert!(!parse(adding.as_bytes(), Path::new("x")).unwrap().is_ready());
+    }
+
+    #[test]
+    fn file_names_never_alias() {
+        let shapes = [
+            ("web.x", "eth0"),
+            ("web", "x.eth0"),
+            ("a.b.c", "d"),
+            ("a.b", "c.d"),
+            ("a", "b.c.d"),
+            ("a", "b%2ec.d"),
+            ("a", "b.c%2ed"),
+        ];
+        let names: std::collections::BTreeSet<String> =
+            shapes.iter().map(|(i, n)| file_name(i, n)).collect();
+        assert_eq!(names.len(), shapes.len(), "{names:?}");
+        // Undotted interface names keep the previous version's file name.
+        assert_eq!(file_name("c1", "eth0"), "c1.eth0.json");
+        assert_eq!(file_name("web", "x.eth0"), "web.x%2eeth0.json");
+        assert!(is_record_file_name("c1.eth0.json"));
+        assert!(!is_record_file_name(".c1.eth0.tmp.5"));
+        assert!(!is_record_file_name("lock"));
+    }
+
+    #[test]
+    fn previous_version_records_under_dotted_names_are_found_and_moved() {
+        let base = tmp("legacy");
+        let dir = base.join("podnet");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // The previous version stored (web, x.eth0) as web.x.eth0.json, the name (web.x, eth0)
+        // now has.
+        let old = sample("web", "x.eth0");
+        std::fs::write(
+            dir.join("web.x.eth0.json"),
+            serde_json::to_vec_pretty(&old).unwrap(),
+        )
+        .unwrap();
+        let records = Records::open(&base, "podnet").unwrap();
+        assert_eq!(records.load("web", "x.eth0").unwrap(), Some(old.clone()));
+        assert_eq!(records.load("web.x", "eth0").unwrap(), None);
+        assert_eq!(records.list().unwrap(), vec![old.clone()]);
+        // Writing (web.x, eth0) moves the old record to its escaped name first.
+        let new = sample("web.x", "eth0");
+        records.save(&new).unwrap();
+        assert_eq!(records.load("web", "x.eth0").unwrap(), Some(old.clone()));
+        assert_eq!(records.load("web.x", "eth0").unwrap(), Some(new.clone()));
+        assert!(dir.join("web.x%2eeth0.json").exists());
+        assert_eq!(records.list().unwrap().len(), 2);
+        // Saving the old one's attachment removes nothing of the other.
+        records.save(&old).unwrap();
+        records.remove("web", "x.eth0").unwrap();
+        assert_eq!(records.list().unwrap(), vec![new.clone()]);
+        assert_eq!(records.load("web.x", "eth0").unwrap(), Some(new));
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn misplaced_and_forged_records_are_not_taken_for_others() {
+        let base = tmp("forged");
+        let records = Records::open(&base, "podnet").unwrap();
+        let other = sample("c2", "eth0");
+        // c2's content under c1's name.
+        std::fs::write(
+            base.join("podnet/c1.eth0.json"),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(records.load("c1", "eth0").unwrap(), None);
+        assert!(records.list().unwrap().is_empty());
+        assert!(matches!(
+            read_file(&base.join("podnet/c1.eth0.json")),
+            Err(RecordError::Misplaced { .. })
+        ));
+        let mut foreign = sample("c3", "eth0");
+        foreign.network = "othernet".into();
+        std::fs::write(
+            base.join("podnet/c3.eth0.json"),
+            serde_json::to_vec(&foreign).unwrap(),
+        )
+        .unwrap();
+        assert!(records.list().unwrap().is_empty());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn readers_list_every_network_and_skip_unsafe_directories() {
+        let base = tmp("readers");
+        let a = Records::open(&base, "neta").unwrap();
+        let b = Records::open(&base, "netb").unwrap();
+        a.save(&Attachment {
+            network: "neta".into(),
+            ..sample("c1", "eth0")
+        })
+        .unwrap();
+        b.save(&Attachment {
+            network: "netb".into(),
+            ..sample("c2", "x.eth0")
+        })
+        .unwrap();
+        // A network directory that is a symlink is skipped.
+        std::os::unix::fs::symlink(base.join("neta"), base.join("netc")).unwrap();
+        let files = record_files(&base).unwrap();
+        assert_eq!(
+            files,
+            vec![
+                base.join("neta/c1.eth0.json"),
+                base.join("netb/c2.x%2eeth0.json")
+            ]
+        );
+        let read: Vec<Attachment> = files
+            .iter()
+            .map(|p| read_file(p).unwrap().unwrap())
+            .collect();
+        assert_eq!(read[1].ifname, "x.eth0");
+        assert_eq!(read_file(&base.join("neta/gone.eth0.json")).unwrap(), None);
+        assert!(record_files(&base.join("absent")).unwrap().is_empty());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_swept() {
+        let base = tmp("sweep");
+        let records = Records::open(&base, "podnet").unwrap();
+        let dir = base.join("podnet");
+        // PID 0 is never a process; our own PID is a live writer.
+        let dead = dir.join(".c1.eth0.tmp.0");
+        let live = dir.join(format!(".c2.eth0.tmp.{}", std::process::id()));
+        let other = dir.join(".c3.eth0.tmp.0");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"{").unwrap();
+        }
+        records.sweep_temp_files(Some(("c1", "eth0")));
+        assert!(!dead.exists() && other.exists());
+        records.sweep_temp_files(None);
+        assert!(!other.exists() && live.exists());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn attachment_locks_are_independent_and_exclusive() {
+        let base = tmp("locks");
+        let mut one = Records::open(&base, "podnet").unwrap();
+        one.lock(Lock::Network, LockKind::Shared).unwrap();
+        one.lock(Lock::Attachment("c1", "eth0"), LockKind::Exclusive)
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let base2 = base.clone();
+        let waiter = std::thread::spawn(move || {
+            let mut two = Records::open(&base2, "podnet").unwrap();
+            two.lock(Lock::Network, LockKind::Shared).unwrap();
+            two.lock(Lock::Attachment("c2", "eth0"), LockKind::Exclusive)
+                .unwrap();
+            tx.send("other attachment").unwrap();
+            two.lock(Lock::Attachment("c1", "eth0"), LockKind::Exclusive)
+                .unwrap();
+            tx.send("same attachment").unwrap();
+        });
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+            "other attachment"
+        );
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
+        drop(one);
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+            "same attachment"
+        );
+        waiter.join().unwrap();
+        std::fs::remove_dir_all(base).unwrap();
+    }
+}

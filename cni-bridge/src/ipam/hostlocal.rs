@@ -955,12 +955,36 @@ mod tests {
             .allocate(&c, "c1", "eth0", &[], &mut Rewind::default())
             .unwrap();
         assert_eq!(a[1].address.to_string(), "fd00::2/126");
-        // The v6 set (.1 gateway, .2 taken) is now full: the v4 address must be rolled back.
+        // The v6 set (.1 gateway, .2 taken) is now full: the v4 address must be rolled back,
+        // and the round-robin position with it.
+        let last = |i: usize| {
+            std::fs::read_to_string(dir.join(format!("net/last_reserved_ip.{i}"))).unwrap()
+        };
+        let before = (last(0), last(1));
+        let mut rewind = Rewind::default();
         let e = store
-            .allocate(&c, "c2", "eth0", &[], &mut Rewind::default())
+            .allocate(&c, "c2", "eth0", &[], &mut rewind)
             .unwrap_err();
         assert_eq!(e.code, code::NO_ADDRESS);
         assert_eq!(store.reservations().unwrap().len(), 2);
+        assert_eq!((last(0), last(1)), before);
+        assert!(rewind.0.is_empty(), "nothing left for the caller to rewind");
+        // A caller failing later rewinds its own advance, not one made since by another.
+        let mut mine = Rewind::default();
+        store.release_ip(ip("fd00::2"), "c1", "eth0").unwrap();
+        store.allocate(&c, "c3", "eth0", &[], &mut mine).unwrap();
+        assert_eq!(last(0), "10.0.0.3");
+        store.release_ip(ip("fd00::2"), "c3", "eth0").unwrap();
+        store
+            .allocate(&c, "c4", "eth0", &[], &mut Rewind::default())
+            .unwrap();
+        store.rewind(&mine).unwrap();
+        assert_eq!(last(0), "10.0.0.4", "a later allocation's position stays");
+        store.release_ip(ip("fd00::2"), "c4", "eth0").unwrap();
+        let mut theirs = Rewind::default();
+        store.allocate(&c, "c5", "eth0", &[], &mut theirs).unwrap();
+        store.rewind(&theirs).unwrap();
+        assert_eq!(last(0), "10.0.0.4", "its own advance is undone");
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
