@@ -126,12 +126,13 @@ impl From<nodenet::attachment::RecordError> for CniError {
 pub struct Errors(Vec<CniError>);
 
 impl Errors {
-    /// Keeps the failure of `r`, logging it with `context`.
+    /// Keeps the failure of `r`, its message prefixed with `context` (which object failed).
     pub fn note<T>(&mut self, context: &str, r: Result<T>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
-            Err(e) => {
-                log::warn!("{context}: {e}");
+            Err(mut e) => {
+                e.msg = format!("{context}: {}", e.msg);
+                log::warn!("{e}");
                 self.0.push(e);
                 None
             }
@@ -177,7 +178,7 @@ mod tests {
         assert_eq!(e.code, code::KERNEL);
         assert_eq!(
             e.msg,
-            "2 failures: [code 100] veth busy; [code 5] disk gone"
+            "2 failures: [code 100] veth: veth busy; [code 5] ipam: disk gone"
         );
     }
 

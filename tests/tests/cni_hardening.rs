@@ -223,7 +223,8 @@ fn dotted_ids_and_interface_names_never_share_a_record() {
 
 /// Container IDs whose derived host veth names collide across two networks (the 32-bit hash:
 /// found by search): (network, ID) pairs, the first ADDed first.
-const COLLIDING_VETHS: [((&str, &str), (&str, &str)); 2] = [
+type NetworkAndId = (&'static str, &'static str);
+const COLLIDING_VETHS: [(NetworkAndId, NetworkAndId); 2] = [
     (("netb", "ctr-2303"), ("neta", "ctr-62200")),
     (("neta", "ctr-718"), ("netb", "ctr-73019")),
 ];
@@ -408,7 +409,8 @@ fn planted_symlinks_are_never_written_through() {
 #[test]
 fn unsafe_network_directories_are_refused() {
     let f = Flavor::cni_bridge();
-    let cases: [(&str, fn(&Path, &Path)); 3] = [
+    type Make = fn(&Path, &Path);
+    let cases: [(&str, Make); 3] = [
         ("symlink", |dir, elsewhere| {
             std::os::unix::fs::symlink(elsewhere, dir).unwrap();
         }),
@@ -745,7 +747,7 @@ fn assert_whole_or_gone(node: &Node, pod: &Pod, id: &str) {
         .map(|(ip, _)| ip)
         .collect();
     let pod_addrs = observe::addresses_of(&pod.ns, "eth0");
-    let members: BTreeSet<String> = masq_sets(&node)
+    let members: BTreeSet<String> = masq_sets(node)
         .iter()
         .flat_map(|s| observe::ipset_members(&node.ns, s))
         .collect();
@@ -856,5 +858,42 @@ fn gc_racing_adds_leaves_no_ready_attachment_torn_down() {
                 p.id
             );
         }
+    }
+}
+
+/// Teardown keeps every error (netavark's error list): a GC whose releases fail names each
+/// attachment it could not release, keeps their records for a retry, and the retry succeeds.
+#[test]
+fn gc_reports_every_release_that_failed() {
+    let f = Flavor::cni_bridge_delegating();
+    let node = Node::new("errlist-node");
+    let c = config(&f, &node, NET, SUBNET, "cnib0");
+    let pods: Vec<Pod> = (0..2).map(|_| node.pod("errlist-p")).collect();
+    for p in &pods {
+        node.add(&f.plugin, &c, p).success();
+    }
+    let mut g = c.clone();
+    g["cni.dev/valid-attachments"] = json!([]);
+    let own_dir = f
+        .plugin
+        .path()
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let e = node
+        .invoke(&f.plugin, "GC")
+        .env("CNI_PATH", &own_dir)
+        .config(&g)
+        .run()
+        .error_code(106);
+    for p in &pods {
+        assert!(e.msg.contains(&p.id), "{} not named: {}", p.id, e.msg);
+    }
+    assert_eq!(node.records(NET).len(), 2, "records kept for the retry");
+    gc(&node, &f, &c, &[]).success_empty();
+    assert!(node.records(NET).is_empty());
+    for p in &pods {
+        assert!(observe::link(&p.ns, "eth0").is_none());
     }
 }
