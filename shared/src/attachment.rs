@@ -368,12 +368,16 @@ impl Records {
     /// attachment's own record under a previous-version name is removed.
     pub fn save(&self, att: &Attachment) -> Result<()> {
         let name = att.file_name();
-        if let Ok(Some(other)) = self.read_named(&name) {
-            if other.network == self.network
-                && !other.is_named(&att.network, &att.container_id, &att.ifname)
-                && legacy_file_name(&other.container_id, &other.ifname) == name
-            {
-                self.write(&other)?;
+        // Only a name with a dot in the container ID or an escape in the interface name can
+        // also be another attachment's name of the previous version.
+        if att.container_id.contains('.') || att.ifname.contains(['.', '%']) {
+            if let Ok(Some(other)) = self.read_named(&name) {
+                if other.network == self.network
+                    && !other.is_named(&att.network, &att.container_id, &att.ifname)
+                    && legacy_file_name(&other.container_id, &other.ifname) == name
+                {
+                    self.write(&other)?;
+                }
             }
         }
         self.write(att)?;
@@ -623,6 +627,19 @@ mod tests {
         // Saving the old one's attachment removes nothing of the other.
         records.save(&old).unwrap();
         records.remove("web", "x.eth0").unwrap();
+        // The same with an interface name holding what is now an escape.
+        let pct = sample("c9", "a%2eb");
+        std::fs::write(
+            dir.join("c9.a%2eb.json"),
+            serde_json::to_vec_pretty(&pct).unwrap(),
+        )
+        .unwrap();
+        let dotted = sample("c9", "a.b");
+        records.save(&dotted).unwrap();
+        assert_eq!(records.load("c9", "a%2eb").unwrap(), Some(pct.clone()));
+        assert_eq!(records.load("c9", "a.b").unwrap(), Some(dotted.clone()));
+        records.remove("c9", "a%2eb").unwrap();
+        records.remove("c9", "a.b").unwrap();
         assert_eq!(records.list().unwrap(), vec![new.clone()]);
         assert_eq!(records.load("web.x", "eth0").unwrap(), Some(new));
         std::fs::remove_dir_all(base).unwrap();
