@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use nix::fcntl::Flock;
 use nodenet::files::{self, PrivateDir};
+use nodenet::Family;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -93,11 +94,10 @@ fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
-fn from_u128(n: u128, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(n))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(n as u32))
+fn from_u128(n: u128, family: Family) -> IpAddr {
+    match family {
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(n)),
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
     }
 }
 
@@ -128,10 +128,10 @@ impl Range {
                 subnet.network()
             )));
         }
-        let v6 = subnet.is_ipv6();
-        let first = from_u128(to_u128(subnet.network()) + 1, v6);
+        let family = Family::of_net(&subnet);
+        let first = from_u128(to_u128(subnet.network()) + 1, family);
         let last = match subnet {
-            IpNetwork::V4(n) => from_u128(u128::from(u32::from(n.broadcast())) - 1, false),
+            IpNetwork::V4(n) => from_u128(u128::from(u32::from(n.broadcast())) - 1, Family::V4),
             IpNetwork::V6(n) => {
                 let host_bits = 128 - u32::from(n.prefix());
                 let all = if host_bits == 128 {
@@ -139,11 +139,11 @@ impl Range {
                 } else {
                     to_u128(subnet.network()) | ((1u128 << host_bits) - 1)
                 };
-                from_u128(all - 1, true)
+                from_u128(all - 1, Family::V6)
             }
         };
         let in_subnet = |ip: IpAddr, what: &str| -> Result<IpAddr> {
-            if ip.is_ipv6() != v6 || !subnet.contains(ip) {
+            if Family::of(ip) != family || !subnet.contains(ip) {
                 return Err(invalid(format!("{what} {ip} not in network {subnet}")));
             }
             Ok(ip)
@@ -151,7 +151,7 @@ impl Range {
         let gateway = match raw.gateway.as_deref() {
             Some(g) if !g.is_empty() => {
                 let ip = parse_ip(g, "gateway")?;
-                if ip.is_ipv6() != v6 {
+                if Family::of(ip) != family {
                     return Err(invalid(format!(
                         "gateway {ip} is not of the family of {subnet}"
                     )));
@@ -183,13 +183,13 @@ impl Range {
 
     /// Whether `ip` is allocatable from this range (inside the subnet and start..=end).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv6() == self.subnet.is_ipv6()
+        Family::of(ip) == Family::of_net(&self.subnet)
             && self.subnet.contains(ip)
             && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
     }
 
     fn overlaps(&self, other: &Range) -> bool {
-        self.subnet.is_ipv6() == other.subnet.is_ipv6()
+        Family::of_net(&self.subnet) == Family::of_net(&other.subnet)
             && to_u128(self.start) <= to_u128(other.end)
             && to_u128(other.start) <= to_u128(self.end)
     }
@@ -225,8 +225,8 @@ impl Config {
                 return Err(invalid(format!("range set {i} is empty")));
             }
             let set: Vec<Range> = raw_set.iter().map(Range::parse).collect::<Result<_>>()?;
-            let v6 = set[0].subnet.is_ipv6();
-            if set.iter().any(|r| r.subnet.is_ipv6() != v6) {
+            let family = Family::of_net(&set[0].subnet);
+            if set.iter().any(|r| Family::of_net(&r.subnet) != family) {
                 return Err(invalid(format!("range set {i} mixes address families")));
             }
             for (a, ra) in set.iter().enumerate() {
@@ -454,7 +454,7 @@ impl Store {
                 Err(e) => log::warn!("{e}; not counted as a reservation"),
             }
         }
-        out.sort_by_key(|r| (r.ip.is_ipv6(), to_u128(r.ip)));
+        out.sort_by_key(|r| (Family::of(r.ip), to_u128(r.ip)));
         Ok(out)
     }
 
@@ -648,7 +648,7 @@ impl<'a> Iterator for RangeIter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let r = &self.set[self.range];
-            let v6 = r.subnet.is_ipv6();
+            let family = Family::of_net(&r.subnet);
             let next = match self.cur {
                 None => {
                     let s = to_u128(r.start);
@@ -675,7 +675,7 @@ impl<'a> Iterator for RangeIter<'a> {
                 }
             }
             let r = &self.set[self.range];
-            let ip = from_u128(next, v6);
+            let ip = from_u128(next, family);
             if ip == r.gateway {
                 continue;
             }
