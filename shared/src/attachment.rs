@@ -303,11 +303,6 @@ impl Records {
         })
     }
 
-    /// The directory, for messages.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Waits for a lock held until this `Records` is dropped: byte ranges of one lock file
     /// (open-file-description locks), so each attachment has its own without a file of its own.
     pub fn lock(&mut self, what: Lock<'_>, kind: LockKind) -> Result<()> {

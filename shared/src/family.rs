@@ -30,11 +30,6 @@ impl Family {
         Family::of(net.ip())
     }
 
-    /// Whether this is IPv6.
-    pub fn is_v6(self) -> bool {
-        self == Family::V6
-    }
-
     /// `NFPROTO_IPV4` / `NFPROTO_IPV6` (the same numbers as `AF_INET` / `AF_INET6`).
     pub fn nfproto(self) -> u8 {
         match self {
