@@ -8,6 +8,8 @@ packages=(
   build-essential pkg-config protobuf-compiler
   # kernel tools the tests observe with (never used by the binaries for per-entry work)
   iproute2 ipset iptables ipvsadm conntrack kmod procps psmisc curl python3 util-linux strace tcpdump
+  # peak memory of one plugin run (GNU time)
+  time
   # the reference plugins, baseline for behaviour and benchmarks
   containernetworking-plugins
   # real CNI clients

@@ -9,16 +9,17 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::env::{check_ifname, valid_identifier};
+use crate::env::{check_identifier, check_ifname};
 use crate::error::{code, CniError, Result};
 use crate::ipam::hostlocal;
 use crate::result::Dns;
+use crate::strict::object_only;
 use crate::version::Version;
 
 /// `ipam.type` that selects the built-in, host-local-compatible allocator.
 pub const BUILTIN_IPAM: &str = "cni-bridge-ipam";
-/// Where attachment records live unless `stateDir` says otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/cni-bridge";
+/// Largest config accepted on stdin: far above any real one, small enough to hold.
+pub const MAX_STDIN: usize = 16 << 20;
 /// The reference plugin's default bridge name.
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
@@ -57,12 +58,15 @@ struct RawConf {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(remote = "Self")]
 struct RawArgs {
     #[serde(default)]
     cni: Option<RawCniArgs>,
 }
+object_only!(RawArgs);
 
 #[derive(Deserialize, Default)]
+#[serde(remote = "Self")]
 struct RawCniArgs {
     #[serde(default)]
     ips: Vec<String>,
@@ -71,28 +75,35 @@ struct RawCniArgs {
     #[serde(default)]
     mac: Option<String>,
 }
+object_only!(RawCniArgs);
 
 #[derive(Deserialize)]
+#[serde(remote = "Self")]
 struct Label {
     key: String,
     value: String,
 }
+object_only!(Label);
 
 #[derive(Deserialize, Default)]
+#[serde(remote = "Self")]
 struct RawRuntimeConfig {
     #[serde(default)]
     ips: Vec<String>,
     #[serde(default)]
     mac: Option<String>,
 }
+object_only!(RawRuntimeConfig);
 
 /// One entry of GC's `cni.dev/valid-attachments`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(remote = "Self")]
 pub struct GcAttachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
 }
+object_only!(GcAttachment);
 
 /// How addresses are obtained.
 #[derive(Debug, Clone)]
@@ -168,21 +179,72 @@ pub fn parse_requested_ip(s: &str) -> Result<IpAddr> {
         .map_err(|_| invalid(format!("requested IP {s:?} is not an IP address")))
 }
 
-/// The `cniVersion` of a config, for messages printed before the config is fully validated.
-pub fn peek_version(stdin: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(stdin).ok()?;
-    v.get("cniVersion")?.as_str().map(str::to_string)
+/// Stdin, decoded once: the bytes are dropped as soon as they are parsed, and the one parsed
+/// value is what the config is read from and what a delegated plugin is given.
+pub enum Stdin {
+    Json(Value),
+    /// Not JSON, or too large: the message says which.
+    Invalid(String),
+}
+
+impl Stdin {
+    /// Reads stdin (at most [`MAX_STDIN`] bytes) and parses it.
+    pub fn read(input: impl std::io::Read) -> std::result::Result<Stdin, CniError> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        input
+            .take(MAX_STDIN as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| CniError::new(code::IO_FAILURE, format!("reading stdin: {e}")))?;
+        if bytes.len() > MAX_STDIN {
+            return Ok(Stdin::Invalid(format!(
+                "config on stdin is larger than {} MiB",
+                MAX_STDIN >> 20
+            )));
+        }
+        Ok(Stdin::from_bytes(&bytes))
+    }
+
+    /// Parses stdin's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Stdin {
+        match serde_json::from_slice(bytes) {
+            Ok(v) => Stdin::Json(v),
+            Err(e) => Stdin::Invalid(format!("config is not valid JSON: {e}")),
+        }
+    }
+
+    /// The `cniVersion` of a config, for messages printed before the config is validated.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            Stdin::Json(v) => v.get("cniVersion")?.as_str(),
+            Stdin::Invalid(_) => None,
+        }
+    }
+}
+
+/// Refuses a path with a NUL in it (the kernel would cut it there).
+fn check_path(key: &str, p: &str) -> Result<()> {
+    if p.contains('\0') {
+        return Err(invalid(format!(
+            "config key {key:?} contains a NUL character"
+        )));
+    }
+    Ok(())
 }
 
 impl NetConf {
-    /// Decodes and validates stdin.
+    /// Decodes and validates stdin's bytes (for tests; the binary reads [`Stdin`]).
+    #[cfg(test)]
     pub fn parse(stdin: &[u8]) -> Result<NetConf> {
-        let raw_value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(
-                code::DECODE_FAILURE,
-                format!("config is not valid JSON: {e}"),
-            )
-        })?;
+        NetConf::from_stdin(Stdin::from_bytes(stdin))
+    }
+
+    /// Decodes and validates the config.
+    pub fn from_stdin(stdin: Stdin) -> Result<NetConf> {
+        let raw_value = match stdin {
+            Stdin::Json(v) => v,
+            Stdin::Invalid(msg) => return Err(CniError::new(code::DECODE_FAILURE, msg)),
+        };
         if !raw_value.is_object() {
             return Err(CniError::new(
                 code::DECODE_FAILURE,
@@ -190,7 +252,7 @@ impl NetConf {
             ));
         }
         // The path names the offending key (e.g. `ipam.ranges[0][0].subnet`), not just the type.
-        let raw: RawConf = serde_path_to_error::deserialize(raw_value.clone()).map_err(|e| {
+        let raw: RawConf = serde_path_to_error::deserialize(&raw_value).map_err(|e| {
             CniError::new(
                 code::DECODE_FAILURE,
                 format!("config key \"{}\": {}", e.path(), e.inner()),
@@ -202,11 +264,7 @@ impl NetConf {
         if name.is_empty() {
             return Err(invalid("config key \"name\" (network name) is missing"));
         }
-        if !valid_identifier(&name) {
-            return Err(invalid(format!(
-                "network name {name:?} has characters other than letters, digits, '_', '.', '-' (or does not start with a letter or digit)"
-            )));
-        }
+        check_identifier(&name).map_err(|m| invalid(format!("network name {m}")))?;
         let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         check_ifname(&bridge).map_err(|m| invalid(format!("config key \"bridge\": {m}")))?;
 
@@ -252,7 +310,7 @@ impl NetConf {
                 Some(Value::String(t)) if t == BUILTIN_IPAM => {
                     IpamConf::Builtin(hostlocal::Config::parse(&Value::Object(m.clone()))?)
                 }
-                Some(Value::String(t)) if valid_identifier(t) => {
+                Some(Value::String(t)) if check_identifier(t).is_ok() => {
                     IpamConf::Delegated { plugin: t.clone() }
                 }
                 Some(t) => {
@@ -288,7 +346,16 @@ impl NetConf {
             .map(|l| (l.key, l.value))
             .collect();
 
-        let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
+        for (key, p) in [("stateDir", &raw.state_dir), ("logFile", &raw.log_file)] {
+            if let Some(p) = p {
+                check_path(key, p)?;
+            }
+        }
+        let state_dir = PathBuf::from(
+            raw.state_dir
+                .as_deref()
+                .unwrap_or(nodenet::attachment::DEFAULT_STATE_DIR),
+        );
         if !state_dir.is_absolute() {
             return Err(invalid(format!(
                 "config key \"stateDir\" = {:?} is not an absolute path",
@@ -331,6 +398,9 @@ pub fn parse_mac_arg(s: &str) -> Result<[u8; 6]> {
     if mac[0] & 1 == 1 {
         return Err(invalid(format!("MAC address {s:?} is a multicast address")));
     }
+    if mac == [0; 6] {
+        return Err(invalid(format!("MAC address {s:?} is all zeros")));
+    }
     Ok(mac)
 }
 
@@ -369,7 +439,10 @@ mod tests {
         assert!(c.is_gateway, "isDefaultGateway implies isGateway");
         assert!(c.ip_masq && c.hairpin && !c.promisc && !c.enable_dad);
         assert_eq!(c.mtu, 0);
-        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            c.state_dir,
+            PathBuf::from(nodenet::attachment::DEFAULT_STATE_DIR)
+        );
         assert!(matches!(c.ipam, IpamConf::Builtin(_)));
         let mut v = base();
         v.as_object_mut().unwrap().remove("bridge");
@@ -431,6 +504,11 @@ mod tests {
             with("name", json!("../x")),
             with("bridge", json!("a-bridge-name-too-long")),
             with("bridge", json!("br/0")),
+            with("bridge", json!("br\u{0}x")),
+            with("bridge", json!("br\u{e0}")),
+            with("stateDir", json!("/var/lib/x\u{0}y")),
+            with("runtimeConfig", json!({"mac": "00:00:00:00:00:00"})),
+            with("args", json!({"cni": {"mac": "00-00-00-00-00-00"}})),
             with("mtu", json!(10)),
             with("promiscMode", json!(true)),
             with("stateDir", json!("relative")),
@@ -440,6 +518,33 @@ mod tests {
         for c in cases {
             assert_eq!(parse(c.clone()).unwrap_err().code, 7, "{c}");
         }
+    }
+
+    /// A struct-valued key given as an array would otherwise be read by field position.
+    #[test]
+    fn struct_valued_keys_take_objects_only() {
+        for (key, value) in [
+            ("dns", json!([["9.9.9.9"], "x"])),
+            ("args", json!([{"ips": ["10.0.0.7"]}])),
+            ("args", json!({"cni": [["10.0.0.7"]]})),
+            ("args", json!({"cni": {"labels": [["component", "app"]]}})),
+            ("runtimeConfig", json!([["10.0.0.8"]])),
+            ("cni.dev/valid-attachments", json!([["c1", "eth0"]])),
+            (
+                "ipam",
+                json!({"type": "cni-bridge-ipam", "ranges": [[["10.0.0.0/24"]]]}),
+            ),
+            (
+                "ipam",
+                json!({"type": "cni-bridge-ipam", "subnet": "10.0.0.0/24", "routes": [["0.0.0.0/0"]]}),
+            ),
+        ] {
+            let err = parse(with(key, value.clone())).unwrap_err();
+            assert_eq!(err.code, 6, "{key} = {value}: {err}");
+            assert!(err.msg.contains("object"), "{key}: {}", err.msg);
+        }
+        let ok = parse(with("dns", json!({"nameservers": ["9.9.9.9"]}))).unwrap();
+        assert_eq!(ok.dns.nameservers, vec!["9.9.9.9"]);
     }
 
     #[test]

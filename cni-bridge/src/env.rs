@@ -72,20 +72,45 @@ pub struct Env {
 /// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
 pub const MAX_IFNAME: usize = 15;
 
-/// What libcni accepts for container IDs and network names: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
-pub fn valid_identifier(s: &str) -> bool {
+/// Longest container ID or network name: container runtimes use 64 characters; the bound
+/// keeps every file named from one (records, their temporary files) within `NAME_MAX`.
+pub const MAX_IDENTIFIER: usize = 128;
+
+/// What libcni accepts for container IDs and network names, `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, at
+/// most [`MAX_IDENTIFIER`] characters; the error says which rule broke.
+pub fn check_identifier(s: &str) -> std::result::Result<(), String> {
     let mut chars = s.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphanumeric() => {}
-        _ => return false,
+    let well_formed = match chars.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {
+            chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        }
+        _ => false,
+    };
+    if !well_formed {
+        return Err(format!(
+            "{s:?} has characters other than letters, digits, '_', '.', '-' (or does not start with a letter or digit)"
+        ));
     }
-    chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    if s.len() > MAX_IDENTIFIER {
+        return Err(format!(
+            "of {} characters is longer than {MAX_IDENTIFIER}",
+            s.len()
+        ));
+    }
+    Ok(())
 }
 
-/// Checks an interface name the way libcni and the kernel do; the error says which rule broke.
+/// Checks an interface name: 1-15 printable ASCII characters (what every tool handles; the
+/// kernel itself also takes bytes it then refuses or truncates, such as NUL), not `.` or `..`,
+/// without `/` or `:`. The error says which rule broke.
 pub fn check_ifname(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {
         return Err("interface name is empty".into());
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "interface name {name:?} contains {c:?}: only printable ASCII without spaces is allowed"
+        ));
     }
     if name.len() > MAX_IFNAME {
         return Err(format!(
@@ -95,13 +120,8 @@ pub fn check_ifname(name: &str) -> std::result::Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("interface name {name:?} is not allowed"));
     }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return Err(format!(
-            "interface name {name:?} contains '/', ':' or whitespace"
-        ));
+    if name.chars().any(|c| c == '/' || c == ':') {
+        return Err(format!("interface name {name:?} contains '/' or ':'"));
     }
     Ok(())
 }
@@ -158,12 +178,8 @@ impl Env {
         let id = get("CNI_CONTAINERID")
             .filter(|s| !s.is_empty())
             .ok_or_else(|| missing("CNI_CONTAINERID"))?;
-        if !valid_identifier(&id) {
-            return Err(CniError::new(
-                code::INVALID_ENV,
-                format!("CNI_CONTAINERID {id:?} has characters other than letters, digits, '_', '.', '-' (or does not start with a letter or digit)"),
-            ));
-        }
+        check_identifier(&id)
+            .map_err(|m| CniError::new(code::INVALID_ENV, format!("CNI_CONTAINERID {m}")))?;
         env.container_id = id;
         let ifname = get("CNI_IFNAME")
             .filter(|s| !s.is_empty())
@@ -281,9 +297,31 @@ mod tests {
 
     #[test]
     fn identifiers_follow_libcni() {
-        assert!(valid_identifier("default-web.1_x"));
-        for bad in ["", ".", "..", "-a", "a b", "a/b", "ä"] {
-            assert!(!valid_identifier(bad), "{bad}");
+        assert!(check_identifier("default-web.1_x").is_ok());
+        assert!(check_identifier(&"a".repeat(MAX_IDENTIFIER)).is_ok());
+        for bad in ["", ".", "..", "-a", "a b", "a/b", "ä", "a%b", "a\0b"] {
+            assert!(check_identifier(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Caught before anything happens, with the code for a bad environment (not 5 after IPAM
+    /// ran, not 100 from the kernel).
+    #[test]
+    fn over_long_ids_and_non_ascii_ifnames_are_code_4() {
+        let cases: &[(&str, String)] = &[
+            ("CNI_CONTAINERID", "c".repeat(300)),
+            ("CNI_CONTAINERID", "c".repeat(MAX_IDENTIFIER + 1)),
+            ("CNI_IFNAME", "eth\u{e0}".to_string()),
+            ("CNI_IFNAME", "n\u{e4}t".to_string()),
+            ("CNI_IFNAME", "eth\u{7f}".to_string()),
+            ("CNI_IFNAME", "eth\t0".to_string()),
+        ];
+        for (key, value) in cases {
+            let mut vars: Vec<(&str, &str)> =
+                ADD.iter().filter(|(k, _)| k != key).copied().collect();
+            vars.push((key, value));
+            let err = env(&vars).unwrap_err();
+            assert_eq!(err.code, code::INVALID_ENV, "{key}={value:?}: {err}");
         }
     }
 }

@@ -108,14 +108,79 @@ impl From<nodenet::netns::NetNsError> for CniError {
     }
 }
 
-/// An I/O failure on one of our files, naming the file.
-pub fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> CniError {
-    CniError::new(code::IO_FAILURE, format!("{what} {}: {e}", path.display()))
+impl From<nodenet::files::FilesError> for CniError {
+    fn from(e: nodenet::files::FilesError) -> CniError {
+        CniError::new(code::IO_FAILURE, e.to_string())
+    }
+}
+
+impl From<nodenet::attachment::RecordError> for CniError {
+    fn from(e: nodenet::attachment::RecordError) -> CniError {
+        CniError::new(code::IO_FAILURE, e.to_string())
+    }
+}
+
+/// Every failure of an operation that keeps going past them (a teardown: DEL, GC, a rollback),
+/// as netavark keeps its error list: the first decides the code, the message names them all.
+#[derive(Debug, Default)]
+pub struct Errors(Vec<CniError>);
+
+impl Errors {
+    /// Keeps the failure of `r`, its message prefixed with `context` (which object failed).
+    pub fn note<T>(&mut self, context: &str, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(mut e) => {
+                e.msg = format!("{context}: {}", e.msg);
+                log::warn!("{e}");
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
+    /// Whether nothing failed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` when nothing failed; else one error with the first one's code naming every failure.
+    pub fn into_result(self) -> Result<()> {
+        let mut all = self.0;
+        match all.len() {
+            0 => Ok(()),
+            1 => Err(all.remove(0)),
+            n => {
+                let msg = all
+                    .iter()
+                    .map(|e| format!("[code {}] {}", e.code, e.msg))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Err(CniError::new(all[0].code, format!("{n} failures: {msg}")))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_teardown_failure_is_kept() {
+        let mut errors = Errors::default();
+        assert!(errors.note("a", Ok(1)).is_some());
+        assert!(errors.is_empty());
+        assert_eq!(Errors::default().into_result(), Ok(()));
+        errors.note::<()>("veth", Err(CniError::new(code::KERNEL, "veth busy")));
+        errors.note::<()>("ipam", Err(CniError::new(code::IO_FAILURE, "disk gone")));
+        let e = errors.into_result().unwrap_err();
+        assert_eq!(e.code, code::KERNEL);
+        assert_eq!(
+            e.msg,
+            "2 failures: [code 100] veth: veth busy; [code 5] ipam: disk gone"
+        );
+    }
 
     #[test]
     fn error_json_has_spec_fields() {

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -54,11 +55,13 @@ pub fn init() {
     }
 }
 
-/// Also appends to `path`; a file that cannot be opened is reported on stderr and skipped.
+/// Also appends to `path` (created mode 0600 whatever the umask: logs name containers); a file
+/// that cannot be opened is reported on stderr and skipped.
 pub fn to_file(path: &Path) {
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
     {
         Ok(f) => {

@@ -3,8 +3,9 @@
 //!
 //! Layout: [`env`] and [`config`] read and validate the invocation; [`commands`] has one module
 //! per verb; [`ipam`] the two address managers; [`masq`] the masquerade set and rules;
-//! [`record`] the attachment records; [`result`] and [`version`] the spec's formats; [`error`]
-//! the CNI error codes. This file only dispatches and prints — the one place that turns an
+//! [`names`] derived names and ownership markers; [`result`] and [`version`] the spec's formats;
+//! [`strict`] object-only decoding; [`error`] the CNI error codes. The attachment records are
+//! `nodenet::attachment`, shared with svc-proxy. This file only dispatches and prints — the one place that turns an
 //! error into the JSON error object and exit status.
 
 mod commands;
@@ -15,27 +16,24 @@ mod ipam;
 mod logging;
 mod masq;
 mod names;
-mod record;
 mod result;
+mod strict;
 mod version;
 
-use std::io::Read;
-
+use config::Stdin;
 use env::{Command, Env};
-use error::{code, CniError, Result};
+use error::Result;
 
 fn main() {
     logging::init();
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().read_to_end(&mut stdin);
-    let reply_version = config::peek_version(&stdin).unwrap_or_else(|| "1.1.0".to_string());
-    let outcome = match read {
-        Ok(_) => dispatch(&stdin),
-        Err(e) => Err(CniError::new(
-            code::IO_FAILURE,
-            format!("reading stdin: {e}"),
-        )),
-    };
+    let stdin = Stdin::read(std::io::stdin().lock());
+    let reply_version = stdin
+        .as_ref()
+        .ok()
+        .and_then(Stdin::version)
+        .unwrap_or("1.1.0")
+        .to_string();
+    let outcome = stdin.and_then(dispatch);
     match outcome {
         Ok(Some(out)) => println!("{out}"),
         Ok(None) => {}
@@ -48,13 +46,13 @@ fn main() {
 }
 
 /// Runs one verb; returns what to print on stdout.
-fn dispatch(stdin: &[u8]) -> Result<Option<String>> {
+fn dispatch(stdin: Stdin) -> Result<Option<String>> {
     let env = Env::from_lookup(|k| std::env::var(k).ok())?;
     if env.command == Command::Version {
-        let v = config::peek_version(stdin).unwrap_or_else(|| "1.1.0".to_string());
-        return Ok(Some(version::version_reply(&v)));
+        let v = stdin.version().unwrap_or("1.1.0");
+        return Ok(Some(version::version_reply(v)));
     }
-    let conf = config::NetConf::parse(stdin)?;
+    let conf = config::NetConf::from_stdin(stdin)?;
     if let Some(path) = &conf.log_file {
         logging::to_file(path);
     }

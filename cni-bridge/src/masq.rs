@@ -1,22 +1,30 @@
 //! ipset-driven masquerade: pod addresses are members of one set per network and family
-//! (`CNIB-<hash8>` / `CNIB6-<hash8>`), added and removed over netlink; the iptables rules that
-//! use the set are a constant handful, added only when the set is created:
+//! (`CNIB-<hash>` / `CNIB6-<hash>`, see [`names::masq_set`]), added and removed over netlink;
+//! the iptables rules that use the set are a constant handful per network, every one of them
+//! matching the set ([`nodenet::masquerade`]):
 //!
 //! ```text
 //! -t nat -A POSTROUTING -m set --match-set SET src -m comment --comment "cni-bridge: NET" -j SET
-//! -t nat -A SET -d SUBNET -m comment --comment "cni-bridge: NET" -j RETURN      (per subnet)
-//! -t nat -A SET ! -d 224.0.0.0/4 -m comment --comment "cni-bridge: NET" -j MASQUERADE
+//! -t nat -A SET -d SUBNET -m set --match-set SET src -m comment ... -j RETURN      (per subnet)
+//! -t nat -A SET ! -d 224.0.0.0/4 -m set --match-set SET src -m comment ... -j MASQUERADE
 //! ```
+//!
+//! Every ADD proves them present from the set's kernel reference count (one netlink round trip,
+//! no exec) and rewrites them when the count is wrong: a set left without rules by a failed or
+//! killed ADD, or rules deleted by hand, heal at the next ADD.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use nodenet::ipset::{Entry, Family, Ipset, SetSpec, SetType};
-use nodenet::iptables::{self, Iptables, Position};
+use nodenet::attachment::{Lock, Records};
+use nodenet::files::LockKind;
+use nodenet::ipset::{Entry, Ipset, SetSpec, SetType};
+use nodenet::masquerade::MasqueradeRules;
+use nodenet::Family;
 
 use crate::config::IpamConf;
 use crate::error::{code, CniError, Result};
-use crate::names;
+use crate::names::{self, SetGeneration};
 use crate::result::IpConfig;
 
 fn err(e: impl std::fmt::Display) -> CniError {
@@ -27,78 +35,31 @@ fn open() -> Result<Ipset> {
     Ipset::open().map_err(err)
 }
 
-/// The rules of one network's set, in the order they are added: (chain, rule).
+/// The rules of one network's set of one family. The previous version's sets keep the rules it
+/// wrote (without the set match in the chain), so they are checked as they are.
 pub fn rules(
     network: &str,
-    set: &str,
-    v6: bool,
+    family: Family,
+    generation: SetGeneration,
     subnets: &[IpNetwork],
-) -> Vec<(String, Vec<String>)> {
-    let comment = format!("cni-bridge: {network}");
-    let tagged = |mut r: Vec<String>| {
-        let mut out = Vec::with_capacity(r.len() + 4);
-        let target = r.split_off(r.len() - 2);
-        out.append(&mut r);
-        out.extend(["-m", "comment", "--comment", &comment].map(String::from));
-        out.extend(target);
-        out
-    };
-    let mut out = Vec::new();
-    for s in subnets.iter().filter(|s| s.is_ipv6() == v6) {
-        let net = IpNetwork::new(s.network(), s.prefix()).unwrap_or(*s);
-        out.push((
-            set.to_string(),
-            tagged(vec![
-                "-d".into(),
-                net.to_string(),
-                "-j".into(),
-                "RETURN".into(),
-            ]),
-        ));
+) -> MasqueradeRules {
+    let set = names::masq_set(network, family, generation);
+    MasqueradeRules {
+        family,
+        chain: set.clone(),
+        set,
+        set_flags: "src",
+        from: "POSTROUTING",
+        jump_matches_set: true,
+        comment: Some(format!("cni-bridge: {network}")),
+        exempt: subnets
+            .iter()
+            .filter(|s| Family::of_net(s) == family)
+            .copied()
+            .collect(),
+        except: Some(family.multicast()),
+        rules_match_set: generation == SetGeneration::Current,
     }
-    let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
-    out.push((
-        set.to_string(),
-        tagged(vec![
-            "!".into(),
-            "-d".into(),
-            multicast.into(),
-            "-j".into(),
-            "MASQUERADE".into(),
-        ]),
-    ));
-    out.push((
-        "POSTROUTING".to_string(),
-        tagged(vec![
-            "-m".into(),
-            "set".into(),
-            "--match-set".into(),
-            set.into(),
-            "src".into(),
-            "-j".into(),
-            set.into(),
-        ]),
-    ));
-    out
-}
-
-fn iptables_for(v6: bool) -> Iptables {
-    Iptables::new(if v6 {
-        iptables::Family::V6
-    } else {
-        iptables::Family::V4
-    })
-}
-
-fn ensure_rules(network: &str, set: &str, v6: bool, subnets: &[IpNetwork]) -> Result<()> {
-    let ipt = iptables_for(v6);
-    ipt.ensure_chain("nat", set).map_err(err)?;
-    for (chain, rule) in rules(network, set, v6, subnets) {
-        let args: Vec<&str> = rule.iter().map(String::as_str).collect();
-        ipt.ensure_rule("nat", &chain, &args, Position::Append)
-            .map_err(err)?;
-    }
-    Ok(())
 }
 
 /// The subnets whose traffic is not masqueraded: the built-in IPAM's ranges, or else the
@@ -113,62 +74,99 @@ pub fn subnets(ipam: &IpamConf, ips: &[IpConfig]) -> Vec<IpNetwork> {
     }
 }
 
-/// Adds the addresses to their family's set; creates the set and its rules when the set does
-/// not exist yet.
-pub fn add(network: &str, ips: &[IpAddr], subnets: &[IpNetwork]) -> Result<()> {
+fn families(ips: &[IpAddr]) -> Vec<Family> {
+    Family::ALL
+        .into_iter()
+        .filter(|f| ips.iter().any(|ip| Family::of(*ip) == *f))
+        .collect()
+}
+
+/// Adds the addresses to their family's set (created when absent), then proves the set's rules
+/// present and writes them when they are not. Writers of the rules are serialized by the
+/// network's masquerade lock.
+pub fn add(
+    network: &str,
+    ips: &[IpAddr],
+    subnets: &[IpNetwork],
+    records: &mut Records,
+) -> Result<()> {
     if ips.is_empty() {
         return Ok(());
     }
     let ipset = open()?;
-    for ip in ips {
-        let v6 = ip.is_ipv6();
-        let set = names::masq_set(network, v6);
-        let entry = Entry::Ip(*ip);
-        match ipset.add(&set, &entry) {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {
-                let created = ipset
-                    .create(&SetSpec::new(set.clone(), SetType::HashIp, Family::of(*ip)))
-                    .map_err(err)?;
-                ipset.add(&set, &entry).map_err(err)?;
-                if created {
-                    ensure_rules(network, &set, v6, subnets)?;
+    for family in families(ips) {
+        let set = names::masq_set(network, family, SetGeneration::Current);
+        for ip in ips.iter().filter(|ip| Family::of(**ip) == family) {
+            let entry = Entry::Ip(*ip);
+            match ipset.add(&set, &entry) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {
+                    ipset
+                        .create(&SetSpec::new(set.clone(), SetType::HashIp, family))
+                        .map_err(err)?;
+                    ipset.add(&set, &entry).map_err(err)?;
                 }
+                Err(e) => return Err(err(e)),
             }
-            Err(e) => return Err(err(e)),
         }
-    }
-    Ok(())
-}
-
-/// Removes the addresses from their sets; absent sets and members are fine.
-pub fn del(network: &str, ips: &[IpAddr]) -> Result<()> {
-    if ips.is_empty() {
-        return Ok(());
-    }
-    let ipset = open()?;
-    for ip in ips {
-        let set = names::masq_set(network, ip.is_ipv6());
-        match ipset.del(&set, &Entry::Ip(*ip)) {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Ok(())
-}
-
-/// CHECK: every address is in its set and every rule is present.
-pub fn check(network: &str, ips: &[IpAddr], subnets: &[IpNetwork]) -> Result<()> {
-    let ipset = open()?;
-    let mismatch = |m: String| CniError::new(code::CHECK_MISMATCH, m);
-    for v6 in [false, true] {
-        let fam_ips: Vec<&IpAddr> = ips.iter().filter(|i| i.is_ipv6() == v6).collect();
-        if fam_ips.is_empty() {
+        let rules = rules(network, family, SetGeneration::Current, subnets);
+        if rules.proven(&ipset).map_err(err)? {
             continue;
         }
-        let set = names::masq_set(network, v6);
-        for ip in fam_ips {
+        records
+            .lock(Lock::Masquerade, LockKind::Exclusive)
+            .map_err(CniError::from)?;
+        // A concurrent ADD may have written them while we waited.
+        if rules.proven(&ipset).map_err(err)? {
+            continue;
+        }
+        log::info!(
+            "masquerade rules of {set} not in place ({} of {} set references): writing them",
+            ipset.header(&set).map_err(err)?.map_or(0, |i| i.references),
+            rules.expected_references()
+        );
+        rules.ensure(Some(&ipset)).map_err(err)?;
+        if !rules.proven(&ipset).map_err(err)? {
+            log::warn!(
+                "set {set} is used by rules other than cni-bridge's: its rules will be \
+                 rewritten at every ADD until they are removed"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes the addresses from the sets of `generations`; absent sets and members are fine.
+pub fn del(network: &str, ips: &[IpAddr], generations: &[SetGeneration]) -> Result<()> {
+    if ips.is_empty() {
+        return Ok(());
+    }
+    let ipset = open()?;
+    for generation in generations {
+        for ip in ips {
+            let set = names::masq_set(network, Family::of(*ip), *generation);
+            match ipset.del(&set, &Entry::Ip(*ip)) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: every address is in its set and every rule is present (exec, `iptables -C`).
+pub fn check(
+    network: &str,
+    ips: &[IpAddr],
+    subnets: &[IpNetwork],
+    generation: SetGeneration,
+) -> Result<()> {
+    let ipset = open()?;
+    let mismatch = |m: String| CniError::new(code::CHECK_MISMATCH, m);
+    for family in families(ips) {
+        let set = names::masq_set(network, family, generation);
+        for ip in ips.iter().filter(|ip| Family::of(**ip) == family) {
             match ipset.test(&set, &Entry::Ip(*ip)) {
                 Ok(true) => {}
                 Ok(false) => return Err(mismatch(format!("{ip} is not in ipset {set}"))),
@@ -178,33 +176,32 @@ pub fn check(network: &str, ips: &[IpAddr], subnets: &[IpNetwork]) -> Result<()>
                 Err(e) => return Err(err(e)),
             }
         }
-        let ipt = iptables_for(v6);
-        for (chain, rule) in rules(network, &set, v6, subnets) {
-            let args: Vec<&str> = rule.iter().map(String::as_str).collect();
-            if !ipt.rule_exists("nat", &chain, &args).map_err(err)? {
-                return Err(mismatch(format!(
-                    "iptables rule missing: -t nat -A {chain} {}",
-                    rule.join(" ")
-                )));
-            }
+        if let Some(rule) = rules(network, family, generation, subnets)
+            .missing()
+            .map_err(err)?
+        {
+            return Err(mismatch(format!("iptables rule missing: {rule}")));
         }
     }
     Ok(())
 }
 
-/// GC: removes every member of this network's sets that is not in `keep`; returns them.
+/// GC: removes every member of this network's sets (both generations) that is not in `keep`;
+/// returns them.
 pub fn retain(network: &str, keep: &[IpAddr]) -> Result<Vec<IpAddr>> {
     let ipset = open()?;
     let mut removed = Vec::new();
-    for v6 in [false, true] {
-        let set = names::masq_set(network, v6);
-        let Some(members) = ipset.list(&set).map_err(err)? else {
-            continue;
-        };
-        for m in members {
-            if let Entry::Ip(ip) = m {
-                if !keep.contains(&ip) && ipset.del(&set, &m).map_err(err)? {
-                    removed.push(ip);
+    for generation in [SetGeneration::Current, SetGeneration::Legacy] {
+        for family in Family::ALL {
+            let set = names::masq_set(network, family, generation);
+            let Some(members) = ipset.list(&set).map_err(err)? else {
+                continue;
+            };
+            for m in members {
+                if let Entry::Ip(ip) = m {
+                    if !keep.contains(&ip) && ipset.del(&set, &m).map_err(err)? {
+                        removed.push(ip);
+                    }
                 }
             }
         }
@@ -217,25 +214,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rules_are_constant_and_tagged() {
+    fn current_rules_are_counted_legacy_rules_are_as_written() {
         let subnets: Vec<IpNetwork> =
             vec!["10.0.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()];
-        let r = rules("podnet", "CNIB-01234567", false, &subnets);
-        let text: Vec<String> = r
+        let current = rules("podnet", Family::V4, SetGeneration::Current, &subnets);
+        let set = names::masq_set("podnet", Family::V4, SetGeneration::Current);
+        assert_eq!(current.expected_references(), 3);
+        assert!(current
+            .rules()
+            .iter()
+            .all(|(_, r)| r.windows(2).any(|w| w == ["--match-set", set.as_str()])));
+        let legacy = rules("podnet", Family::V4, SetGeneration::Legacy, &subnets);
+        let text: Vec<String> = legacy
+            .rules()
             .iter()
             .map(|(c, a)| format!("{c} {}", a.join(" ")))
             .collect();
+        // Exactly what the previous version wrote.
         assert_eq!(
             text,
             vec![
-                "CNIB-01234567 -d 10.0.0.0/24 -m comment --comment cni-bridge: podnet -j RETURN",
-                "CNIB-01234567 ! -d 224.0.0.0/4 -m comment --comment cni-bridge: podnet -j MASQUERADE",
-                "POSTROUTING -m set --match-set CNIB-01234567 src -m comment --comment cni-bridge: podnet -j CNIB-01234567",
+                "CNIB-8fe508ed -d 10.0.0.0/24 -m comment --comment cni-bridge: podnet -j RETURN",
+                "CNIB-8fe508ed ! -d 224.0.0.0/4 -m comment --comment cni-bridge: podnet -j MASQUERADE",
+                "POSTROUTING -m set --match-set CNIB-8fe508ed src -m comment --comment cni-bridge: podnet -j CNIB-8fe508ed",
             ]
         );
-        let r6 = rules("podnet", "CNIB6-01234567", true, &subnets);
-        assert_eq!(r6.len(), 3);
-        assert!(r6[0].1.contains(&"fd00::/64".to_string()));
-        assert!(r6[1].1.contains(&"ff00::/8".to_string()));
+        let r6 = rules("podnet", Family::V6, SetGeneration::Current, &subnets);
+        assert_eq!(r6.exempt, vec!["fd00::/64".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(r6.except, Some("ff00::/8".parse().unwrap()));
     }
 }

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{code, CniError, Result};
+use crate::strict::object_only;
 use crate::version::Version;
 
 /// One interface of the result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(remote = "Self")]
 pub struct Interface {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -20,6 +22,7 @@ pub struct Interface {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
 }
+object_only!(Interface, serialize);
 
 /// One address of the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,14 +35,17 @@ pub struct IpConfig {
 
 /// One route of the result (and of IPAM's `routes` config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct RouteConf {
     pub dst: IpNetwork,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<IpAddr>,
 }
+object_only!(RouteConf, serialize);
 
 /// DNS settings (`dns` in configs and results).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(remote = "Self")]
 pub struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<String>,
@@ -50,6 +56,7 @@ pub struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
 }
+object_only!(Dns, serialize);
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
@@ -67,6 +74,7 @@ pub struct CniResult {
 }
 
 #[derive(Deserialize)]
+#[serde(remote = "Self")]
 struct RawIp {
     address: String,
     #[serde(default)]
@@ -74,8 +82,10 @@ struct RawIp {
     #[serde(default)]
     interface: Option<usize>,
 }
+object_only!(RawIp);
 
 #[derive(Deserialize)]
+#[serde(remote = "Self")]
 struct RawResult {
     #[serde(default)]
     interfaces: Vec<Interface>,
@@ -86,6 +96,7 @@ struct RawResult {
     #[serde(default)]
     dns: Dns,
 }
+object_only!(RawResult);
 
 fn bad(what: &str, detail: impl std::fmt::Display) -> CniError {
     CniError::new(code::DECODE_FAILURE, format!("{what}: {detail}"))
@@ -94,7 +105,8 @@ fn bad(what: &str, detail: impl std::fmt::Display) -> CniError {
 impl CniResult {
     /// Parses a result of any supported version (the 0.3/0.4 `version` field is ignored).
     pub fn from_value(v: &Value, what: &str) -> Result<CniResult> {
-        let raw: RawResult = serde_json::from_value(v.clone()).map_err(|e| bad(what, e))?;
+        let raw: RawResult =
+            <RawResult as Deserialize>::deserialize(v).map_err(|e| bad(what, e))?;
         let mut ips = Vec::with_capacity(raw.ips.len());
         for ip in raw.ips {
             let address: IpNetwork = ip

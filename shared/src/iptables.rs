@@ -5,6 +5,8 @@
 
 use std::process::{Command, Output};
 
+use crate::Family;
+
 /// Errors from running iptables.
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
@@ -23,13 +25,6 @@ pub enum IptablesError {
     },
 }
 
-/// Which tool (and so which address family) to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
 /// Where a new rule goes in its chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
@@ -43,15 +38,20 @@ pub enum Position {
 #[derive(Debug, Clone)]
 pub struct Iptables {
     program: &'static str,
+    restore: &'static str,
 }
 
 impl Iptables {
-    /// A runner for one family.
+    /// A runner for one family: `iptables` for IPv4, `ip6tables` for IPv6.
     pub fn new(family: Family) -> Iptables {
-        Iptables {
-            program: match family {
-                Family::V4 => "iptables",
-                Family::V6 => "ip6tables",
+        match family {
+            Family::V4 => Iptables {
+                program: "iptables",
+                restore: "iptables-restore",
+            },
+            Family::V6 => Iptables {
+                program: "ip6tables",
+                restore: "ip6tables-restore",
             },
         }
     }
@@ -79,6 +79,40 @@ impl Iptables {
         }
         Err(IptablesError::Failed {
             command: format!("{} -w {}", self.program, args.join(" ")),
+            status: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
+    /// Applies `input` in one transaction (`iptables-restore -w --noflush`): chains it declares
+    /// are created or flushed and refilled atomically; nothing else is touched.
+    pub fn restore(&self, input: &str) -> Result<(), IptablesError> {
+        use std::io::Write;
+        let mut child = Command::new(self.restore)
+            .args(["-w", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| IptablesError::Spawn {
+                program: self.restore,
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A restore that exits early reports why on stderr, read below.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| IptablesError::Spawn {
+                program: self.restore,
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(IptablesError::Failed {
+            command: format!("{} -w --noflush <<< {input:?}", self.restore),
             status: out.status.code().unwrap_or(-1),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })

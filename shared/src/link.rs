@@ -4,7 +4,7 @@
 //! life; open one per namespace and use them side by side. Every "ensure"/"add" call treats
 //! "already exists" from a racing peer as success, and every delete treats "gone" as success.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
@@ -21,11 +21,10 @@ use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth,
 };
 
-use crate::netns::{NetNs, NetNsError};
+use nix::errno::Errno;
 
-const EEXIST: i32 = 17;
-const ENODEV: i32 = 19;
-const EADDRNOTAVAIL: i32 = 99;
+use crate::netns::{NetNs, NetNsError};
+use crate::Family;
 
 /// Errors from link, address and route calls.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +55,19 @@ pub enum LinkError {
 
 impl LinkError {
     /// The errno the kernel answered with, if this is a kernel refusal.
-    pub fn errno(&self) -> Option<i32> {
+    pub fn errno(&self) -> Option<Errno> {
         match self {
             LinkError::Netlink {
                 source: rtnetlink::Error::NetlinkError(msg),
                 ..
-            } => Some(msg.raw_code().abs()),
+            } => Some(Errno::from_raw(msg.raw_code().abs())),
             _ => None,
         }
+    }
+
+    /// The kernel refused because the object exists already (`EEXIST`).
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(Errno::EEXIST)
     }
 }
 
@@ -72,6 +76,26 @@ type Result<T> = std::result::Result<T, LinkError>;
 fn nl_err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
     let op = op.into();
     move |source| LinkError::Netlink { op, source }
+}
+
+/// The outcome of a request that asks for a state: `Ok(true)` when the kernel made the change,
+/// `Ok(false)` when it answered one of `tolerated` (the state was already there: "exists" for a
+/// create, "gone" for a delete), the error otherwise.
+fn tolerate(
+    outcome: std::result::Result<(), rtnetlink::Error>,
+    op: impl Into<String>,
+    tolerated: &[Errno],
+) -> Result<bool> {
+    match outcome {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let err = nl_err(op)(e);
+            match err.errno() {
+                Some(errno) if tolerated.contains(&errno) => Ok(false),
+                _ => Err(err),
+            }
+        }
+    }
 }
 
 /// One network interface as `ip -d link show` describes it.
@@ -92,6 +116,9 @@ pub struct Link {
     pub master: Option<u32>,
     /// Bridge-port settings, when this link is a bridge port.
     pub port: Option<BridgePort>,
+    /// `IFLA_IFALIAS` (`ip link set dev NAME alias TEXT`): where cni-bridge writes the ownership
+    /// marker of a link it created; empty when unset.
+    pub alias: String,
 }
 
 /// The bridge-port flags we manage (`bridge link show`).
@@ -115,6 +142,7 @@ impl Link {
             promisc: msg.header.flags.contains(LinkFlags::Promisc),
             master: None,
             port: None,
+            alias: String::new(),
         };
         for attr in msg.attributes {
             match attr {
@@ -122,6 +150,7 @@ impl Link {
                 LinkAttribute::Mtu(m) => link.mtu = m,
                 LinkAttribute::Address(a) => link.mac = a,
                 LinkAttribute::Controller(c) => link.master = Some(c),
+                LinkAttribute::IfAlias(a) => link.alias = a,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -262,14 +291,7 @@ impl Rtnl {
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(Some(Link::from_message(msg))),
             Ok(None) => Ok(None),
-            Err(e) => {
-                let err = nl_err(op)(e);
-                if matches!(err.errno(), Some(ENODEV)) {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => tolerate(Err(e), op, &[Errno::ENODEV]).map(|_| None),
         }
     }
 
@@ -288,17 +310,8 @@ impl Rtnl {
 
     /// Creates `msg` with `NLM_F_EXCL`; returns `false` when it already existed.
     async fn create(&self, msg: LinkMessage, op: String) -> Result<bool> {
-        match self.handle.link().add(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = nl_err(op)(e);
-                if err.errno() == Some(EEXIST) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let outcome = self.handle.link().add(msg).execute().await;
+        tolerate(outcome, op, &[Errno::EEXIST])
     }
 
     /// Gets or creates a `dummy` link, up (`ip link add NAME type dummy; ip link set NAME up`).
@@ -400,34 +413,17 @@ impl Rtnl {
 
     /// Deletes a link (`ip link del dev NAME` by index); `false` if it was already gone.
     pub async fn delete_link(&self, index: u32) -> Result<bool> {
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = nl_err(format!("delete link #{index}"))(e);
-                if err.errno() == Some(ENODEV) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let outcome = self.handle.link().del(index).execute().await;
+        tolerate(outcome, format!("delete link #{index}"), &[Errno::ENODEV])
     }
 
     /// Deletes the link of that name if present (`ip link del NAME`), in one request; `false`
-    /// if absent.
+    /// if absent. Only for links whose name alone proves they are the caller's (e.g. a dummy
+    /// device named by config); anything else is looked up and its marker checked first.
     pub async fn delete_link_by_name(&self, name: &str) -> Result<bool> {
         let msg = LinkUnspec::new_with_name(name).build();
-        match self.handle.link().del_with_message(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = nl_err(format!("delete link {name}"))(e);
-                if err.errno() == Some(ENODEV) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let outcome = self.handle.link().del_with_message(msg).execute().await;
+        tolerate(outcome, format!("delete link {name}"), &[Errno::ENODEV])
     }
 
     async fn set(&self, msg: LinkMessage, op: String) -> Result<()> {
@@ -445,6 +441,16 @@ impl Rtnl {
         self.set(msg, format!("set link #{index} up")).await
     }
 
+    /// `ip link set dev IFACE alias ALIAS up`: one request that marks the link (see
+    /// [`Link::alias`]) and brings it up.
+    pub async fn set_up_with_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_index(index).up().build();
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.set(msg, format!("set link #{index} alias {alias:?} up"))
+            .await
+    }
+
     /// `ip link set dev IFACE promisc on|off`.
     pub async fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).promiscuous(on).build();
@@ -458,19 +464,31 @@ impl Rtnl {
         self.set(msg, format!("set link #{index} mtu {mtu}")).await
     }
 
-    /// Sets the bridge-port flags of a port
-    /// (`ip link set dev IFACE type bridge_slave hairpin on|off isolated on|off`).
-    pub async fn set_bridge_port(&self, index: u32, port: BridgePort) -> Result<()> {
-        let msg = LinkBridgePort::new(index)
+    /// Marks a bridge port and sets its flags in one request, addressing it by name
+    /// (`ip link set dev NAME alias ALIAS type bridge_slave hairpin on|off isolated on|off`).
+    pub async fn set_bridge_port(&self, name: &str, alias: &str, port: BridgePort) -> Result<()> {
+        let mut msg = LinkBridgePort::new(0)
             .hairpin(port.hairpin)
             .isolated(port.isolated)
             .build();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
         self.handle
             .link()
             .set_port(msg)
             .execute()
             .await
-            .map_err(nl_err(format!("set bridge port #{index} {port:?}")))
+            .map_err(nl_err(format!("set bridge port {name} {port:?}")))
+    }
+
+    /// `ip link set dev NAME alias ALIAS`, addressing the link by name.
+    pub async fn set_alias(&self, name: &str, alias: &str) -> Result<()> {
+        let mut msg = LinkUnspec::new_with_name(name).build();
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.set(msg, format!("set link {name} alias {alias:?}"))
+            .await
     }
 
     /// The addresses on a link (`ip addr show dev IFACE`).
@@ -480,13 +498,8 @@ impl Rtnl {
 
     /// The addresses of one family on a link (`ip -4|-6 addr show dev IFACE`); the kernel
     /// dumps only that family.
-    pub async fn addresses_of_family(&self, index: u32, v6: bool) -> Result<Vec<IpNetwork>> {
-        let family = if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
-        self.list_addresses(index, family).await
+    pub async fn addresses_of_family(&self, index: u32, family: Family) -> Result<Vec<IpNetwork>> {
+        self.list_addresses(index, address_family(family)).await
     }
 
     async fn list_addresses(&self, index: u32, family: AddressFamily) -> Result<Vec<IpNetwork>> {
@@ -521,17 +534,12 @@ impl Rtnl {
     /// `ip addr add ADDR/PREFIX dev IFACE`; `false` when it was already there.
     pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<bool> {
         let req = self.handle.address().add(index, addr.ip(), addr.prefix());
-        match req.execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = nl_err(format!("add address {addr} to #{index}"))(e);
-                if err.errno() == Some(EEXIST) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let outcome = req.execute().await;
+        tolerate(
+            outcome,
+            format!("add address {addr} to #{index}"),
+            &[Errno::EEXIST],
+        )
     }
 
     /// `ip addr del ADDR/PREFIX dev IFACE`; `false` when it was not there.
@@ -544,27 +552,18 @@ impl Rtnl {
         if addr.is_ipv6() {
             msg.attributes.push(AddressAttribute::Address(addr.ip()));
         }
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = nl_err(format!("delete address {addr} from #{index}"))(e);
-                if matches!(err.errno(), Some(EADDRNOTAVAIL) | Some(ENODEV)) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let outcome = self.handle.address().del(msg).execute().await;
+        tolerate(
+            outcome,
+            format!("delete address {addr} from #{index}"),
+            &[Errno::EADDRNOTAVAIL, Errno::ENODEV],
+        )
     }
 
     /// The main-table unicast routes of one family (`ip [-6] route show`).
-    pub async fn routes(&self, v6: bool) -> Result<Vec<Route>> {
+    pub async fn routes(&self, family: Family) -> Result<Vec<Route>> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
+        msg.header.address_family = address_family(family);
         let msgs: Vec<RouteMessage> = self
             .handle
             .route()
@@ -594,11 +593,7 @@ impl Rtnl {
             if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
                 continue;
             }
-            let dst_ip = dst.unwrap_or(if v6 {
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            });
+            let dst_ip = dst.unwrap_or_else(|| family.any().ip());
             if let Ok(dst) = IpNetwork::new(dst_ip, m.header.destination_prefix_length) {
                 out.push(Route { dst, gateway, oif });
             }
@@ -638,17 +633,8 @@ impl Rtnl {
     /// `ip route add DST [via GW] [dev IFACE]`; `false` when it was already there.
     pub async fn add_route(&self, route: &Route) -> Result<bool> {
         let msg = Self::route_message(route);
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = nl_err(format!("add route {route:?}"))(e);
-                if err.errno() == Some(EEXIST) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let outcome = self.handle.route().add(msg).execute().await;
+        tolerate(outcome, format!("add route {route:?}"), &[Errno::EEXIST])
     }
 
     /// Gets a link that must exist (e.g. right after creating it).
@@ -659,11 +645,15 @@ impl Rtnl {
     }
 }
 
-fn family_of(ip: IpAddr) -> AddressFamily {
-    match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
+fn address_family(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
     }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    address_family(Family::of(ip))
 }
 
 fn route_addr(a: &RouteAddress) -> Option<IpAddr> {

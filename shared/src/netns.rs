@@ -64,6 +64,22 @@ impl NetNs {
         NetNs::from_path(Path::new("/proc/thread-self/ns/net"))
     }
 
+    /// Whether both handles are the same namespace (the same nsfs inode), however each was
+    /// reached (`/run/netns/NAME`, `/proc/PID/ns/net`, a symlink to either).
+    pub fn same_as(&self, other: &NetNs) -> Result<bool, NetNsError> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |ns: &NetNs| {
+            ns.file
+                .metadata()
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|source| NetNsError::Open {
+                    path: ns.path.clone(),
+                    source,
+                })
+        };
+        Ok(id(self)? == id(other)?)
+    }
+
     /// The path this namespace was opened from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -127,6 +143,16 @@ mod tests {
         let ns = NetNs::from_path(Path::new("/proc/self/status")).unwrap();
         let err = ns.run(|| ()).unwrap_err();
         assert!(matches!(err, NetNsError::Enter { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_own_namespace_is_recognized_through_any_path() {
+        let own = NetNs::current().unwrap();
+        let via_pid =
+            NetNs::from_path(Path::new(&format!("/proc/{}/ns/net", std::process::id()))).unwrap();
+        assert!(via_pid.same_as(&own).unwrap());
+        let other = NetNs::from_path(Path::new("/proc/self/ns/uts")).unwrap();
+        assert!(!other.same_as(&own).unwrap());
     }
 
     #[test]

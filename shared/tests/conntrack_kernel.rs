@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use common::{private_netns, run};
 use nodenet::conntrack::{wire, Conntrack, Error, Filter, Flow, Status, Tuple};
-use nodenet::ipset::Family;
+use nodenet::Family;
 use nodenet::nl;
 use nodenet::Protocol;
 

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use common::{fixture, hex, normalise, nth, split};
 use nodenet::conntrack::wire::{self, attr, filter as flag};
 use nodenet::conntrack::{Filter, Flow, Status, Tuple};
-use nodenet::ipset::Family;
+use nodenet::Family;
 use nodenet::nl::{self, Message};
 use nodenet::Protocol;
 

@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use common::{private_netns, run};
-use nodenet::ipset::{Entry, Error, Family, Ipset, SetSpec, SetType};
+use nodenet::ipset::{Entry, Error, Ipset, SetSpec, SetType};
+use nodenet::Family;
 use nodenet::Protocol;
 
 fn ip(s: &str) -> IpAddr {

@@ -8,8 +8,9 @@ use std::net::IpAddr;
 
 use common::{fixture, hex, normalise, nth, split};
 use nodenet::ipset::wire::{self, Adt};
-use nodenet::ipset::{Entry, Family, SetSpec, SetType};
+use nodenet::ipset::{Entry, SetSpec, SetType};
 use nodenet::nl::Message;
+use nodenet::Family;
 use nodenet::Protocol;
 
 const P: u8 = 7;

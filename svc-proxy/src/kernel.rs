@@ -10,10 +10,11 @@ use crate::model::{
 use crate::plan::Op;
 use ipnetwork::IpNetwork;
 use nodenet::ipset::{self, Entry, Ipset, SetSpec, SetType};
-use nodenet::iptables::{Family, Iptables, Position};
 use nodenet::ipvs::{self, Destination, Forward, Ipvs};
 use nodenet::link::Rtnl;
+use nodenet::masquerade::MasqueradeRules;
 use nodenet::sysctl::{self, SysctlError};
+use nodenet::Family;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -21,17 +22,21 @@ use std::net::IpAddr;
 pub const DEFAULT_DUMMY: &str = "svcproxy0";
 /// Room for 10,000 services x 5 endpoints many times over; the kernel default (65536) is tight.
 const LOOPBACK_MAXELEM: u32 = 1 << 20;
-/// The one rule in [`POSTROUTING_CHAIN`]: masquerade a pod reaching itself through a VIP.
-fn masquerade_rule(set: &'static str) -> [&'static str; 7] {
-    [
-        "-m",
-        "set",
-        "--match-set",
-        set,
-        "dst,dst,src",
-        "-j",
-        "MASQUERADE",
-    ]
+/// The one rule in [`POSTROUTING_CHAIN`] (masquerade a pod reaching itself through a VIP,
+/// `-m set --match-set SET dst,dst,src -j MASQUERADE`) and the plain jump to it from POSTROUTING.
+fn loopback_rules(v6: bool) -> MasqueradeRules {
+    MasqueradeRules {
+        family: if v6 { Family::V6 } else { Family::V4 },
+        set: loopback_set(v6).to_string(),
+        set_flags: "dst,dst,src",
+        chain: POSTROUTING_CHAIN.to_string(),
+        from: "POSTROUTING",
+        jump_matches_set: false,
+        comment: None,
+        exempt: Vec::new(),
+        except: None,
+        rules_match_set: true,
+    }
 }
 /// Sysctls the scenario needs, always (kube-proxy's IPVS-mode settings).
 const SYSCTLS: &[(&str, &str)] = &[
@@ -54,8 +59,6 @@ pub struct Kernel {
     /// `None` only for `cleanup` on a kernel without IPVS.
     ipvs: Option<Ipvs>,
     ipset: Ipset,
-    iptables: Iptables,
-    iptables6: Iptables,
     /// IPv6 loop-back in use (an IPv6 endpoint was applied, or its set was found): its set,
     /// rule and sysctls are ensured along with the IPv4 ones.
     v6: bool,
@@ -115,8 +118,6 @@ impl Kernel {
             rtnl,
             ipvs,
             ipset,
-            iptables: Iptables::new(Family::V4),
-            iptables6: Iptables::new(Family::V6),
             v6: false,
             dummy_index: None,
             warned_bridge: false,
@@ -222,11 +223,7 @@ impl Kernel {
     /// Creates the loop-back set of one family unless it exists.
     fn ensure_set(&mut self, v6: bool) -> Result<()> {
         let name = loopback_set(v6);
-        let family = if v6 {
-            ipset::Family::V6
-        } else {
-            ipset::Family::V4
-        };
+        let family = if v6 { Family::V6 } else { Family::V4 };
         let mut spec = SetSpec::new(name, SetType::HashIpPortIp, family);
         spec.maxelem = Some(LOOPBACK_MAXELEM);
         if self
@@ -265,13 +262,8 @@ impl Kernel {
             let _ = h.join();
         }
         if slot.is_none() {
-            let ipt = if v6 {
-                self.iptables6.clone()
-            } else {
-                self.iptables.clone()
-            };
             *slot = Some(std::thread::spawn(move || {
-                if let Err(e) = ensure_rules(&ipt, loopback_set(v6)) {
+                if let Err(e) = ensure_rules(&loopback_rules(v6)) {
                     log::error!("{e}");
                 }
             }));
@@ -444,39 +436,15 @@ fn is_link_local(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
-/// Ensures the nat chain, its one rule (matching `set`) and the jump from POSTROUTING
-/// (`iptables -C`, then `-N`/`-A`; `ip6tables` for the IPv6 set).
-fn ensure_rules(ipt: &Iptables, set: &'static str) -> Result<()> {
-    let rule = masquerade_rule(set);
+/// Checks the nat chain, its one rule and the jump from POSTROUTING (`iptables -C` each) and
+/// rewrites them when one is missing (`ip6tables` for the IPv6 set).
+fn ensure_rules(rules: &MasqueradeRules) -> Result<()> {
     let rule_err = |e: &dyn std::fmt::Display| DataplaneError::new("iptables", e);
-    if ipt
-        .ensure_chain("nat", POSTROUTING_CHAIN)
-        .map_err(|e| rule_err(&e))?
-    {
-        log::info!("created nat chain {POSTROUTING_CHAIN}");
-    }
-    if ipt
-        .ensure_rule("nat", POSTROUTING_CHAIN, &rule, Position::Append)
-        .map_err(|e| rule_err(&e))?
-    {
+    if let Some(missing) = rules.missing().map_err(|e| rule_err(&e))? {
+        rules.ensure(None).map_err(|e| rule_err(&e))?;
         log::info!(
-            "added -t nat -A {POSTROUTING_CHAIN} {} ({})",
-            rule.join(" "),
-            ipt.command()
-        );
-    }
-    if ipt
-        .ensure_rule(
-            "nat",
-            "POSTROUTING",
-            &["-j", POSTROUTING_CHAIN],
-            Position::Append,
-        )
-        .map_err(|e| rule_err(&e))?
-    {
-        log::info!(
-            "added -t nat -A POSTROUTING -j {POSTROUTING_CHAIN} ({})",
-            ipt.command()
+            "{missing} was missing: wrote nat chain {POSTROUTING_CHAIN} and its jump ({})",
+            rules.command()
         );
     }
     Ok(())
@@ -626,17 +594,14 @@ impl Dataplane for Kernel {
         for h in self.rules_check.iter_mut().filter_map(Option::take) {
             let _ = h.join();
         }
-        for (ipt, v6) in [(&self.iptables, false), (&self.iptables6, true)] {
-            let cmd = ipt.command();
+        for v6 in [false, true] {
+            let rules = loopback_rules(v6);
             note(
-                &format!("{cmd} -t nat POSTROUTING -j {POSTROUTING_CHAIN}"),
-                ipt.delete_rule("nat", "POSTROUTING", &["-j", POSTROUTING_CHAIN])
-                    .map_err(|e| e.to_string()),
-            );
-            note(
-                &format!("{cmd} nat chain {POSTROUTING_CHAIN}"),
-                ipt.delete_chain("nat", POSTROUTING_CHAIN)
-                    .map_err(|e| e.to_string()),
+                &format!(
+                    "{} nat chain {POSTROUTING_CHAIN} and its jump from POSTROUTING",
+                    rules.command()
+                ),
+                rules.remove().map_err(|e| e.to_string()),
             );
             let set = loopback_set(v6);
             note(

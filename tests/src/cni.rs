@@ -86,10 +86,13 @@ impl Plugin {
 #[derive(Debug, Clone)]
 pub struct Invocation {
     program: PathBuf,
+    /// A command the plugin is started through (`sh -c 'umask 000; exec "$0"'`, `time`).
+    wrapper: Vec<String>,
     node: Option<PathBuf>,
     env: BTreeMap<String, String>,
     stdin: Vec<u8>,
     kill_after: Option<std::time::Duration>,
+    deadline: Option<std::time::Duration>,
 }
 
 impl Invocation {
@@ -100,10 +103,12 @@ impl Invocation {
         env.insert("CNI_PATH".to_string(), plugin.cni_path());
         Invocation {
             program: plugin.path.clone(),
+            wrapper: Vec::new(),
             node: None,
             env,
             stdin: Vec::new(),
             kill_after: None,
+            deadline: None,
         }
     }
 
@@ -158,6 +163,13 @@ impl Invocation {
         self
     }
 
+    /// Starts the plugin through `wrapper` (its arguments, then the plugin's path), e.g.
+    /// `["sh", "-c", "umask 000; exec \"$0\""]` or `["/usr/bin/time", "-f", "%M"]`.
+    pub fn via(mut self, wrapper: &[&str]) -> Invocation {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Raw stdin bytes (e.g. malformed JSON).
     pub fn stdin(mut self, bytes: &[u8]) -> Invocation {
         self.stdin = bytes.to_vec();
@@ -193,8 +205,24 @@ impl Invocation {
         killing.run()
     }
 
+    /// Like [`Invocation::run`], but SIGKILLs the plugin if it has not exited `within` its start
+    /// (a guard for tests of hangs: a killed plugin's `exit` is `None`).
+    pub fn run_within(&self, within: std::time::Duration) -> Outcome {
+        let mut guarded = self.clone();
+        guarded.deadline = Some(within);
+        guarded.run()
+    }
+
     fn spawn(&self) -> Outcome {
-        let mut child = Command::new(&self.program)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.program);
+                c
+            }
+            None => Command::new(&self.program),
+        };
+        let mut child = cmd
             .env_clear()
             .env("PATH", BASE_PATH)
             .envs(&self.env)
@@ -211,6 +239,16 @@ impl Invocation {
             std::thread::sleep(after);
             // Fails only when the plugin was already reaped, which cannot happen before wait.
             let _ = child.kill();
+        }
+        if let Some(within) = self.deadline {
+            let start = std::time::Instant::now();
+            while child.try_wait().expect("poll plugin").is_none() {
+                if start.elapsed() >= within {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         let out = child.wait_with_output().expect("wait for plugin");
         Outcome {
@@ -398,10 +436,16 @@ impl Node {
             .collect()
     }
 
-    /// cni-bridge attachment records of `network` (file name → parsed JSON).
+    /// cni-bridge attachment records of `network` (file name → parsed JSON): the `*.json` files
+    /// not starting with `.`, as readers are told to take them (the lock and temporary files
+    /// are not records).
     pub fn records(&self, network: &str) -> BTreeMap<String, Value> {
         crate::fs::snapshot(&self.state_dir().join(network))
             .into_iter()
+            .filter(|(path, _)| {
+                let name = path.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".json")
+            })
             .map(|(path, content)| {
                 let value = serde_json::from_slice(&content)
                     .unwrap_or_else(|e| panic!("record {} is not JSON: {e}", path.display()));

@@ -335,11 +335,13 @@ impl CniInstall {
         )
     }
 
-    /// File names in the records directory.
+    /// Names of the record files in the records directory (`*.json` not starting with `.`, as
+    /// readers take them; the lock file is not a record).
     pub fn record_files(&self) -> BTreeSet<String> {
         entries(&self.records_dir)
             .into_iter()
             .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
             .collect()
     }
 

@@ -192,8 +192,8 @@ fn add_records_the_attachment_and_masquerade_set() {
         .as_str()
         .unwrap_or_else(|| panic!("no masqSet: {rec}"));
     assert!(
-        set.starts_with("CNIB-") && set.len() == 13,
-        "set name CNIB-<8 hex>: {set}"
+        set.starts_with("CNIB-") && set.len() == 27,
+        "set name CNIB-<22 hex>: {set}"
     );
     assert!(set[5..].chars().all(|c| c.is_ascii_hexdigit()), "{set}");
     assert!(

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use nodenet::ipset::{self, Entry, Ipset, SetSpec, SetType};
+use nodenet::ipset::{Entry, Ipset, SetSpec, SetType};
 use nodenet::ipvs::{self, Destination, Ipvs, ServiceKey};
 use nodenet::Protocol;
 
@@ -204,7 +204,7 @@ fn verify_table(ipvs: &Ipvs, n: usize) -> Result<()> {
 }
 
 fn set_spec() -> SetSpec {
-    let mut spec = SetSpec::new(SET, SetType::HashIpPortIp, ipset::Family::V4);
+    let mut spec = SetSpec::new(SET, SetType::HashIpPortIp, nodenet::Family::V4);
     spec.maxelem = Some(1 << 20);
     spec
 }

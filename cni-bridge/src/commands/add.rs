@@ -1,38 +1,37 @@
 //! ADD: bridge, veth pair, addresses, routes, gateway, hairpin/promisc, masquerade.
 //!
-//! Order: validate against the kernel without changing it (interface free in the pod, bridge
-//! name not taken by another kind) → IPAM → record (`adding`, naming the addresses and the veth
-//! to be created) → kernel objects → masquerade → record `ready`. Any failure after IPAM rolls
-//! back everything the record names. (An ADD killed between IPAM and the record leaves only a
-//! reservation file, which DEL and GC find by its owner.)
+//! Order: refuse the plugin's own namespace, take the network (shared) and attachment
+//! (exclusive) locks, validate against the kernel without changing it (interface free in the
+//! pod, bridge name not taken by another kind) → IPAM → record (`adding`, naming the addresses
+//! and the veth to be created) → kernel objects, each veth end marked as this attachment's →
+//! masquerade (rules proven or rewritten) → record `ready`. Any failure after IPAM rolls back
+//! everything the record names, and the allocator's round-robin position. (An ADD killed between
+//! IPAM and the record leaves only a reservation file, which DEL and GC find by its owner.)
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use nodenet::attachment::{Attachment, Phase, Records, RECORD_VERSION};
 use nodenet::link::{BridgePort, BridgeSpec, Link, Route, Rtnl, VethSpec};
 use nodenet::netns::NetNs;
-use nodenet::sysctl;
+use nodenet::{sysctl, Family};
 use serde_json::Value;
 
-use super::{block_on, release, Teardown};
+use super::{block_on, lock_attachment, open_pod_netns, release, Teardown};
 use crate::config::{parse_mac_arg, parse_requested_ip, IpamConf, NetConf};
 use crate::env::Env;
 use crate::error::{code, CniError, Result};
 use crate::ipam::{self, IpamResult, Owner};
-use crate::record::{Attachment, Phase, RECORD_VERSION};
+use crate::masq;
+use crate::names::{self, SetGeneration, VETH_ATTEMPTS};
 use crate::result::{CniResult, Interface, IpConfig, RouteConf};
-use crate::{masq, names};
-
-const EEXIST: i32 = 17;
-/// Veth names tried after a hash collision with another attachment's veth.
-const VETH_ATTEMPTS: u32 = 4;
 
 pub fn exec(env: &Env, conf: &NetConf) -> Result<Value> {
     let ns_path = env
         .netns
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for ADD"))?;
-    let netns = NetNs::from_path(ns_path)?;
+    let netns = open_pod_netns(ns_path)?;
     block_on(run(env, conf, &netns))?
 }
 
@@ -71,18 +70,34 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
         Some(m) => Some(m),
         None => env.arg("MAC").map(parse_mac_arg).transpose()?,
     };
+    // Everything above only reads: a refused ADD leaves no file behind, not even a lock.
+    let mut locked = lock_attachment(conf, env)?;
+    let records = &mut locked;
 
     // A record left for this attachment belongs to an ADD that died or a container whose
     // namespace was replaced without a DEL: release what it names first.
-    if let Some(stale) =
-        Attachment::load(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)
-    {
+    // A file under the record's name that is no record of ours (a symlink, a FIFO, an
+    // oversized file) is replaced when the record is written, never followed.
+    let stale = records
+        .load(&env.container_id, &env.ifname)
+        .unwrap_or_else(|e| {
+            log::warn!("ADD: {e}; replaced by this ADD's record");
+            None
+        });
+    if let Some(stale) = stale {
         log::info!(
             "ADD: releasing stale attachment record of {}/{}",
             env.container_id,
             env.ifname
         );
-        release(conf, env, &host, Teardown::of(env, Some(stale), None)).await?;
+        release(
+            conf,
+            env,
+            &host,
+            records,
+            Teardown::of(env, Some(stale), None),
+        )
+        .await?;
     }
 
     let mut record = Attachment {
@@ -99,7 +114,9 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
         pod_namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
         pod_name: env.arg("K8S_POD_NAME").map(str::to_string),
         labels: conf.labels.clone(),
-        masq_set: conf.ip_masq.then(|| names::masq_set(&conf.name, false)),
+        masq_set: conf
+            .ip_masq
+            .then(|| names::masq_set(&conf.name, Family::V4, SetGeneration::Current)),
         ipam: conf.ipam.type_name().to_string(),
     };
 
@@ -112,10 +129,11 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
         requested: &requested,
         pod_mac,
     };
-    let outcome = match plan.apply(bridge, &mut record).await {
+    let mut rewind = ipam::Rewind::default();
+    let outcome = match plan.apply(bridge, &mut record, records, &mut rewind).await {
         Ok(result) => {
             record.phase = Phase::Ready;
-            record.save(&conf.state_dir).map(|()| result)
+            records.save(&record).map(|()| result).map_err(Into::into)
         }
         Err(e) => Err(e),
     };
@@ -127,9 +145,13 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
                 env.container_id,
                 env.ifname
             );
-            if let Err(re) = release(conf, env, &host, Teardown::of(env, Some(record), None)).await
-            {
+            let teardown = Teardown::of(env, Some(record), None);
+            if let Err(re) = release(conf, env, &host, records, teardown).await {
                 log::warn!("rollback incomplete: {re}");
+            }
+            // A failed ADD leaves the allocator where it found it.
+            if let Err(re) = ipam::rewind(conf, &rewind) {
+                log::warn!("rollback of the round-robin position: {re}");
             }
             Err(e)
         }
@@ -159,14 +181,6 @@ fn first_host(net: &IpNetwork) -> IpAddr {
     }
 }
 
-fn unspecified(v6: bool) -> IpNetwork {
-    if v6 {
-        "::/0".parse().expect("valid")
-    } else {
-        "0.0.0.0/0".parse().expect("valid")
-    }
-}
-
 /// IPAM's routes plus, with `isDefaultGateway`, a default route per address family via
 /// that family's gateway.
 fn result_routes(conf: &NetConf, res: &IpamResult) -> Result<Vec<RouteConf>> {
@@ -176,12 +190,12 @@ fn result_routes(conf: &NetConf, res: &IpamResult) -> Result<Vec<RouteConf>> {
     }
     let mut done_families = Vec::new();
     for ip in &res.ips {
-        let v6 = ip.address.is_ipv6();
-        if done_families.contains(&v6) {
+        let family = Family::of(ip.address.ip());
+        if done_families.contains(&family) {
             continue;
         }
-        done_families.push(v6);
-        let dst = unspecified(v6);
+        done_families.push(family);
+        let dst = family.any();
         if let Some(existing) = routes.iter().find(|r| r.dst == dst) {
             match existing.gw {
                 Some(gw) if Some(gw) != ip.gateway => {
@@ -224,9 +238,9 @@ fn conflicting<'a>(
     })
 }
 
-/// One address family with a gateway: whether it is IPv6, its gateway addresses, and the
-/// bridge's current addresses of that family.
-type GatewayFamily = (bool, Vec<IpNetwork>, Vec<IpNetwork>);
+/// One address family with a gateway: the family, its gateway addresses, and the bridge's
+/// current addresses of that family.
+type GatewayFamily = (Family, Vec<IpNetwork>, Vec<IpNetwork>);
 
 /// Refuses a gateway that an existing bridge's addresses conflict with (without `forceAddress`).
 fn check_bridge_addresses(br: &Link, families: &[GatewayFamily]) -> Result<()> {
@@ -261,7 +275,13 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    async fn apply(&self, bridge: Option<Link>, record: &mut Attachment) -> Result<CniResult> {
+    async fn apply(
+        &self,
+        bridge: Option<Link>,
+        record: &mut Attachment,
+        records: &mut Records,
+        rewind: &mut ipam::Rewind,
+    ) -> Result<CniResult> {
         let conf = self.conf;
         let owner = Owner {
             container_id: &self.env.container_id,
@@ -271,20 +291,16 @@ impl Plan<'_> {
             Some(i) => i.add(owner, self.requested)?,
             None => IpamResult::default(),
         };
+        *rewind = std::mem::take(&mut ipam_res.rewind);
         for ip in &mut ipam_res.ips {
             ip.interface = Some(2);
             if ip.gateway.is_none() && conf.is_gateway {
                 ip.gateway = Some(first_host(&ip.address));
             }
         }
-        record.ips = ipam_res.ips.iter().map(|i| i.address.to_string()).collect();
-        record.gateways = ipam_res
-            .ips
-            .iter()
-            .filter_map(|i| i.gateway)
-            .map(|g| g.to_string())
-            .collect();
-        record.save(&conf.state_dir)?;
+        record.ips = ipam_res.ips.iter().map(|i| i.address).collect();
+        record.gateways = ipam_res.ips.iter().filter_map(|i| i.gateway).collect();
+        records.save(record)?;
 
         let routes = result_routes(conf, &ipam_res)?;
         // An existing bridge's addresses, read once: checked before anything on the node is
@@ -300,19 +316,21 @@ impl Plan<'_> {
         let [host_mac, random_pod_mac] = names::random_macs::<2>()
             .map_err(|e| CniError::new(code::KERNEL, format!("reading /dev/urandom: {e}")))?;
         let pod_mac = self.pod_mac.unwrap_or(random_pod_mac);
-        self.create_veth(&br, host_mac, pod_mac, record).await?;
+        self.create_veth(&br, host_mac, pod_mac, record, records)
+            .await?;
+        let marker = self.marker();
         let pv = self.pod.require_link(&self.env.ifname).await?;
+        // The host end is marked as ours in the same request that sets its port flags.
         if conf.hairpin || conf.port_isolation {
-            let hv = self.host.require_link(&record.host_veth).await?;
+            let port = BridgePort {
+                hairpin: conf.hairpin,
+                isolated: conf.port_isolation,
+            };
             self.host
-                .set_bridge_port(
-                    hv.index,
-                    BridgePort {
-                        hairpin: conf.hairpin,
-                        isolated: conf.port_isolation,
-                    },
-                )
+                .set_bridge_port(&record.host_veth, &marker, port)
                 .await?;
+        } else {
+            self.host.set_alias(&record.host_veth, &marker).await?;
         }
         // As the reference plugin: we own the routes of the host end, not router adverts.
         let _ = sysctl::write(
@@ -327,12 +345,12 @@ impl Plan<'_> {
             };
             self.gateways(&br, families).await?;
         }
-        self.pod_side(&pv, &ipam_res.ips, &routes).await?;
+        self.pod_side(&pv, &ipam_res.ips, &routes, &marker).await?;
 
         let ips: Vec<IpAddr> = ipam_res.ips.iter().map(|i| i.address.ip()).collect();
         if conf.ip_masq && !ips.is_empty() {
             let subnets = masq::subnets(&conf.ipam, &ipam_res.ips);
-            masq::add(&conf.name, &ips, &subnets)?;
+            masq::add(&conf.name, &ips, &subnets, records)?;
         }
 
         let dns = if conf.dns.is_empty() {
@@ -404,15 +422,24 @@ impl Plan<'_> {
         Ok(br)
     }
 
-    /// Creates the veth pair; on a name collision with another attachment's veth, moves to
-    /// the next derived name (recorded before it is created).
+    /// This attachment's ownership marker (the alias of both veth ends).
+    fn marker(&self) -> String {
+        names::link_marker(&self.conf.name, &self.env.container_id, &self.env.ifname)
+    }
+
+    /// Creates the veth pair under the first derived name free for this attachment (recorded
+    /// before it is created). A link under a derived name is replaced only when it carries
+    /// this attachment's marker (an orphan of its own whose record was lost); any other, of
+    /// whatever network or origin, is left alone and the next name tried.
     async fn create_veth(
         &self,
         br: &Link,
         host_mac: [u8; 6],
         pod_mac: [u8; 6],
         record: &mut Attachment,
+        records: &Records,
     ) -> Result<()> {
+        let marker = self.marker();
         for attempt in 0..VETH_ATTEMPTS {
             let name = names::host_veth(
                 &self.conf.name,
@@ -422,7 +449,7 @@ impl Plan<'_> {
             );
             if record.host_veth != name {
                 record.host_veth = name.clone();
-                record.save(&self.conf.state_dir)?;
+                records.save(record)?;
             }
             let spec = VethSpec {
                 name: name.clone(),
@@ -437,11 +464,11 @@ impl Plan<'_> {
             };
             let err = match self.host.create_veth(&spec).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.errno() == Some(EEXIST) => e,
+                Err(e) if e.is_exists() => e,
                 Err(e) => return Err(e.into()),
             };
-            if self.host.link_by_name(&name).await?.is_none() {
-                // The pod end's name is what exists: a racing ADD for the same interface.
+            let Some(existing) = self.host.link_by_name(&name).await? else {
+                // The pod end's name is what exists: a runtime's or another plugin's interface.
                 record.host_veth.clear();
                 return Err(CniError::new(
                     code::IFNAME_EXISTS,
@@ -450,28 +477,22 @@ impl Plan<'_> {
                         self.env.ifname
                     ),
                 ));
-            }
-            let owned_elsewhere =
-                crate::record::Attachment::list(&self.conf.state_dir, &self.conf.name)?
-                    .iter()
-                    .any(|a| {
-                        a.host_veth == name
-                            && (a.container_id != self.env.container_id
-                                || a.ifname != self.env.ifname)
-                    });
-            if owned_elsewhere {
+            };
+            if existing.alias != marker || existing.kind.as_deref() != Some("veth") {
+                log::info!(
+                    "ADD: host veth name {name} is taken by another link (alias {:?}); trying the next",
+                    existing.alias
+                );
                 continue;
             }
-            // An orphan under our own derived name (its record was lost): replace it.
-            self.host.delete_link_by_name(&name).await?;
-            if let Err(e) = self.host.create_veth(&spec).await {
-                return Err(e.into());
-            }
+            // Our own orphan (its record was lost): replace it.
+            self.host.delete_link(existing.index).await?;
+            self.host.create_veth(&spec).await?;
             return Ok(());
         }
         // Never delete a veth we did not create.
         record.host_veth.clear();
-        record.save(&self.conf.state_dir)?;
+        records.save(record)?;
         Err(CniError::new(
             code::KERNEL,
             format!("no free host veth name after {VETH_ATTEMPTS} attempts"),
@@ -481,7 +502,7 @@ impl Plan<'_> {
     /// Puts each family's gateway on the bridge (as the reference plugin's `ensureAddr`) and
     /// turns on forwarding; `families` as [`Self::gateways_by_family`] read them.
     async fn gateways(&self, br: &Link, families: Vec<GatewayFamily>) -> Result<()> {
-        for (v6, mine, existing) in families {
+        for (family, mine, existing) in families {
             for gw in mine.iter().filter(|gw| !existing.contains(gw)) {
                 for a in conflicting(&existing, &mine, gw) {
                     if !self.conf.force_address {
@@ -491,10 +512,9 @@ impl Plan<'_> {
                 }
                 self.host.add_address(br.index, *gw).await?;
             }
-            let key = if v6 {
-                "net.ipv6.conf.all.forwarding"
-            } else {
-                "net.ipv4.ip_forward"
+            let key = match family {
+                Family::V6 => "net.ipv6.conf.all.forwarding",
+                Family::V4 => "net.ipv4.ip_forward",
             };
             sysctl::ensure(key, "1").map_err(|e| CniError::new(code::KERNEL, e.to_string()))?;
         }
@@ -505,11 +525,15 @@ impl Plan<'_> {
     async fn gateways_by_family(&self, br: &Link, ips: &[IpConfig]) -> Result<Vec<GatewayFamily>> {
         let gws = gateway_addresses(ips);
         let mut out = Vec::new();
-        for v6 in [false, true] {
-            let mine: Vec<IpNetwork> = gws.iter().filter(|g| g.is_ipv6() == v6).copied().collect();
+        for family in Family::ALL {
+            let mine: Vec<IpNetwork> = gws
+                .iter()
+                .filter(|g| Family::of_net(g) == family)
+                .copied()
+                .collect();
             if !mine.is_empty() {
-                let existing = self.host.addresses_of_family(br.index, v6).await?;
-                out.push((v6, mine, existing));
+                let existing = self.host.addresses_of_family(br.index, family).await?;
+                out.push((family, mine, existing));
             }
         }
         Ok(out)
@@ -517,7 +541,13 @@ impl Plan<'_> {
 
     /// Sysctls, addresses, link up, routes on the pod interface — the reference plugin's
     /// order, so the kernel announces the addresses (`arp_notify`) when the link comes up.
-    async fn pod_side(&self, pv: &Link, ips: &[IpConfig], routes: &[RouteConf]) -> Result<()> {
+    async fn pod_side(
+        &self,
+        pv: &Link,
+        ips: &[IpConfig],
+        routes: &[RouteConf],
+        marker: &str,
+    ) -> Result<()> {
         let ifname = self.env.ifname.clone();
         let enable_dad = self.conf.enable_dad;
         // As the reference plugin: gratuitous ARP on link up, and no IPv6 DAD on the pod end
@@ -531,17 +561,16 @@ impl Plan<'_> {
         for ip in ips {
             self.pod.add_address(pv.index, ip.address).await?;
         }
-        self.pod.set_up(pv.index).await?;
-        let gw_of = |v6: bool| {
+        self.pod.set_up_with_alias(pv.index, marker).await?;
+        let gw_of = |family: Family| {
             ips.iter()
-                .find(|i| i.address.is_ipv6() == v6)
+                .find(|i| Family::of(i.address.ip()) == family)
                 .and_then(|i| i.gateway)
         };
         for r in routes {
-            let v6 = r.dst.is_ipv6();
             let route = Route {
                 dst: r.dst,
-                gateway: r.gw.or_else(|| gw_of(v6)),
+                gateway: r.gw.or_else(|| gw_of(Family::of_net(&r.dst))),
                 oif: Some(pv.index),
             };
             self.pod.add_route(&route).await?;
@@ -577,6 +606,7 @@ mod tests {
             ],
             routes: serde_json::from_value(routes).unwrap(),
             dns: Default::default(),
+            rewind: Default::default(),
         }
     }
 

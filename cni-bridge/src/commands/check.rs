@@ -1,18 +1,19 @@
 //! CHECK: the kernel state still matches `prevResult` and the config.
 
 use ipnetwork::IpNetwork;
+use nodenet::attachment::{Attachment, Phase};
 use nodenet::link::Rtnl;
 use nodenet::netns::NetNs;
+use nodenet::Family;
 
-use super::{block_on, record_ips};
+use super::{block_on, lock_attachment, open_pod_netns};
 use crate::config::NetConf;
 use crate::env::Env;
 use crate::error::{code, CniError, Result};
 use crate::ipam::{self, Owner};
-use crate::masq;
-use crate::record::{Attachment, Phase};
 use crate::result::CniResult;
 use crate::version::Version;
+use crate::{masq, names};
 
 fn mismatch(msg: impl Into<String>) -> CniError {
     CniError::new(code::CHECK_MISMATCH, msg)
@@ -25,7 +26,14 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK requires prevResult"))?;
     let prev = CniResult::from_value(prev, "prevResult")?;
-    let record = Attachment::load(&conf.state_dir, &conf.name, &env.container_id, &env.ifname)
+    let ns_path = env
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for CHECK"))?;
+    let netns = open_pod_netns(ns_path)?;
+    let records = lock_attachment(conf, env)?;
+    let record = records
+        .load(&env.container_id, &env.ifname)?
         .ok_or_else(|| {
             CniError::new(
                 code::UNKNOWN_CONTAINER,
@@ -38,14 +46,9 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
     if record.phase != Phase::Ready {
         return Err(mismatch("the ADD of this attachment did not complete"));
     }
-    let ns_path = env
-        .netns
-        .as_ref()
-        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is required for CHECK"))?;
-    let netns = NetNs::from_path(ns_path)?;
     block_on(check_kernel(env, conf, &netns, &prev, &record))??;
 
-    let ips = record_ips(&record);
+    let ips = record.addresses();
     if let Some(i) = ipam::for_config(conf, env) {
         i.check(
             Owner {
@@ -57,7 +60,8 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
     }
     if conf.ip_masq && !ips.is_empty() {
         let subnets = masq::subnets(&conf.ipam, &prev.ips);
-        masq::check(&conf.name, &ips, &subnets)?;
+        let generation = names::generation_of(&conf.name, record.masq_set.as_deref());
+        masq::check(&conf.name, &ips, &subnets, generation)?;
     }
     Ok(())
 }
@@ -121,16 +125,16 @@ async fn check_kernel(
             )));
         }
     }
-    for v6 in [false, true] {
+    for family in Family::ALL {
         let want_routes: Vec<_> = prev
             .routes
             .iter()
-            .filter(|r| r.dst.is_ipv6() == v6)
+            .filter(|r| Family::of_net(&r.dst) == family)
             .collect();
         if want_routes.is_empty() {
             continue;
         }
-        let have = pod.routes(v6).await?;
+        let have = pod.routes(family).await?;
         for r in want_routes {
             let found = have.iter().any(|h| {
                 h.dst == r.dst
@@ -155,6 +159,14 @@ async fn check_kernel(
         .link_by_name(&record.host_veth)
         .await?
         .ok_or_else(|| mismatch(format!("host veth {:?} is missing", record.host_veth)))?;
+    let marker = names::link_marker(&conf.name, &env.container_id, &env.ifname);
+    // The previous version marked nothing; a marker of another attachment is not ours.
+    if hv.alias != marker && !hv.alias.is_empty() {
+        return Err(mismatch(format!(
+            "host veth {:?} carries another owner's marker {:?}",
+            hv.name, hv.alias
+        )));
+    }
     if hv.master != Some(br.index) {
         return Err(mismatch(format!(
             "host veth {:?} is not a port of {:?}",

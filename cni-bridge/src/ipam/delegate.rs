@@ -184,6 +184,7 @@ impl super::Ipam for Delegated<'_> {
             ips: r.ips,
             routes: r.routes,
             dns: r.dns,
+            rewind: Default::default(),
         })
     }
 

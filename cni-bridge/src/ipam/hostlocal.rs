@@ -7,24 +7,30 @@
 //! round robin from there); and `lock`, `flock`ed around every operation so host-local and this
 //! allocator interlock.
 
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
+use nodenet::files::{self, PrivateDir};
+use nodenet::Family;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{code, io_error, CniError, Result};
+use super::Rewind;
+use crate::error::{code, CniError, Result};
 use crate::result::{Dns, IpConfig, RouteConf};
+use crate::strict::object_only;
 
 /// host-local's default `dataDir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const LOCK_FILE: &str = "lock";
+/// Largest reservation file read (host-local's hold a container ID and an interface name).
+const MAX_RESERVATION_BYTES: usize = 64 * 1024;
+/// Largest `resolvConf` read.
+const MAX_RESOLV_CONF_BYTES: usize = 64 * 1024;
 /// Prefix of a reservation being written (`.reserving-<pid>`): not an address, so host-local and
 /// [`Store::reservations`] never take it for one.
 const RESERVING_PREFIX: &str = ".reserving-";
@@ -49,7 +55,7 @@ pub struct Config {
 }
 
 #[derive(Deserialize, Default, Clone)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", remote = "Self")]
 struct RawRange {
     #[serde(default)]
     subnet: Option<String>,
@@ -60,6 +66,7 @@ struct RawRange {
     #[serde(default)]
     gateway: Option<String>,
 }
+object_only!(RawRange);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,11 +94,10 @@ fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
-fn from_u128(n: u128, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(n))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(n as u32))
+fn from_u128(n: u128, family: Family) -> IpAddr {
+    match family {
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(n)),
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
     }
 }
 
@@ -122,10 +128,10 @@ impl Range {
                 subnet.network()
             )));
         }
-        let v6 = subnet.is_ipv6();
-        let first = from_u128(to_u128(subnet.network()) + 1, v6);
+        let family = Family::of_net(&subnet);
+        let first = from_u128(to_u128(subnet.network()) + 1, family);
         let last = match subnet {
-            IpNetwork::V4(n) => from_u128(u128::from(u32::from(n.broadcast())) - 1, false),
+            IpNetwork::V4(n) => from_u128(u128::from(u32::from(n.broadcast())) - 1, Family::V4),
             IpNetwork::V6(n) => {
                 let host_bits = 128 - u32::from(n.prefix());
                 let all = if host_bits == 128 {
@@ -133,11 +139,11 @@ impl Range {
                 } else {
                     to_u128(subnet.network()) | ((1u128 << host_bits) - 1)
                 };
-                from_u128(all - 1, true)
+                from_u128(all - 1, Family::V6)
             }
         };
         let in_subnet = |ip: IpAddr, what: &str| -> Result<IpAddr> {
-            if ip.is_ipv6() != v6 || !subnet.contains(ip) {
+            if Family::of(ip) != family || !subnet.contains(ip) {
                 return Err(invalid(format!("{what} {ip} not in network {subnet}")));
             }
             Ok(ip)
@@ -145,7 +151,7 @@ impl Range {
         let gateway = match raw.gateway.as_deref() {
             Some(g) if !g.is_empty() => {
                 let ip = parse_ip(g, "gateway")?;
-                if ip.is_ipv6() != v6 {
+                if Family::of(ip) != family {
                     return Err(invalid(format!(
                         "gateway {ip} is not of the family of {subnet}"
                     )));
@@ -177,13 +183,13 @@ impl Range {
 
     /// Whether `ip` is allocatable from this range (inside the subnet and start..=end).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv6() == self.subnet.is_ipv6()
+        Family::of(ip) == Family::of_net(&self.subnet)
             && self.subnet.contains(ip)
             && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
     }
 
     fn overlaps(&self, other: &Range) -> bool {
-        self.subnet.is_ipv6() == other.subnet.is_ipv6()
+        Family::of_net(&self.subnet) == Family::of_net(&other.subnet)
             && to_u128(self.start) <= to_u128(other.end)
             && to_u128(other.start) <= to_u128(self.end)
     }
@@ -219,8 +225,8 @@ impl Config {
                 return Err(invalid(format!("range set {i} is empty")));
             }
             let set: Vec<Range> = raw_set.iter().map(Range::parse).collect::<Result<_>>()?;
-            let v6 = set[0].subnet.is_ipv6();
-            if set.iter().any(|r| r.subnet.is_ipv6() != v6) {
+            let family = Family::of_net(&set[0].subnet);
+            if set.iter().any(|r| Family::of_net(&r.subnet) != family) {
                 return Err(invalid(format!("range set {i} mixes address families")));
             }
             for (a, ra) in set.iter().enumerate() {
@@ -241,6 +247,11 @@ impl Config {
                 }
             }
             range_sets.push(set);
+        }
+        for (key, p) in [("dataDir", &raw.data_dir), ("resolvConf", &raw.resolv_conf)] {
+            if p.as_deref().is_some_and(|p| p.contains('\0')) {
+                return Err(invalid(format!("{key} contains a NUL character")));
+            }
         }
         let data_dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR));
         if !data_dir.is_absolute() {
@@ -267,8 +278,9 @@ impl Config {
         let Some(path) = &self.resolv_conf else {
             return Ok(Dns::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| io_error("reading", path, e))?;
-        Ok(parse_resolv_conf(&text))
+        let bytes = files::read_config_file(path, MAX_RESOLV_CONF_BYTES)
+            .map_err(|e| CniError::new(code::IO_FAILURE, format!("ipam resolvConf: {e}")))?;
+        Ok(parse_resolv_conf(&String::from_utf8_lossy(&bytes)))
     }
 }
 
@@ -298,7 +310,7 @@ pub struct Reservation {
 
 /// The per-network store, locked for as long as it lives.
 pub struct Store {
-    dir: PathBuf,
+    dir: PrivateDir,
     _lock: Flock<File>,
 }
 
@@ -314,30 +326,11 @@ fn parse_owner(content: &str) -> (String, String) {
 }
 
 impl Store {
-    /// Opens `<dataDir>/<network>` (created mode 0700 if absent) and takes its lock.
+    /// Opens `<dataDir>/<network>` (created mode 0700 if absent; refused when it is a symlink or
+    /// writable by others) and takes its lock.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
-        let dir = data_dir.join(network);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| io_error("creating", &dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| io_error("opening", &lock_path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
-            io_error(
-                "locking",
-                &lock_path,
-                std::io::Error::from_raw_os_error(e as i32),
-            )
-        })?;
+        let dir = PrivateDir::create(&data_dir.join(network))?;
+        let lock = dir.lock_file(LOCK_FILE)?.flock_exclusive()?;
         let store = Store { dir, _lock: lock };
         store.sweep_reserving();
         Ok(store)
@@ -346,22 +339,19 @@ impl Store {
     /// Removes reservations being written by allocators that died: under the lock nobody else
     /// is writing one.
     fn sweep_reserving(&self) {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+        let Ok(names) = self.dir.names() else {
             return;
         };
-        for entry in rd.flatten() {
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(RESERVING_PREFIX))
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        for name in names.iter().filter(|n| n.starts_with(RESERVING_PREFIX)) {
+            let _ = self.dir.remove(name);
         }
     }
 
-    fn ip_path(&self, ip: IpAddr) -> PathBuf {
-        self.dir.join(ip.to_string())
+    /// The owner of a reservation file: `None` when there is none. Anything but a small regular
+    /// file under an address's name is refused (never followed, never read to its end).
+    fn owner_of(&self, ip: IpAddr) -> Result<Option<(String, String)>> {
+        let content = self.dir.read(&ip.to_string(), MAX_RESERVATION_BYTES)?;
+        Ok(content.map(|c| parse_owner(&String::from_utf8_lossy(&c))))
     }
 
     /// Creates the reservation file for `ip`; `false` if taken.
@@ -371,87 +361,115 @@ impl Store {
     /// owner, even if the plugin is killed half way; a DEL or GC of that owner finds it.
     /// An empty reservation file is an allocator (host-local, which creates and then writes)
     /// killed in between while holding this lock: nobody owns it, and it is taken over.
-    fn reserve(&self, ip: IpAddr, id: &str, ifname: &str, set_index: usize) -> Result<bool> {
-        let path = self.ip_path(ip);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() == 0 => {
+    fn reserve(
+        &self,
+        ip: IpAddr,
+        id: &str,
+        ifname: &str,
+        set_index: usize,
+        rewind: &mut Rewind,
+    ) -> Result<bool> {
+        let name = ip.to_string();
+        match self.dir.read(&name, MAX_RESERVATION_BYTES) {
+            Ok(Some(c)) if c.is_empty() => {
                 log::warn!(
                     "{}: empty reservation (a killed allocator's); reclaimed",
-                    path.display()
+                    self.dir.file_path(&name).display()
                 );
-                std::fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+                self.dir.remove(&name)?;
             }
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("reading", &path, e)),
+            Ok(Some(_)) => return Ok(false),
+            Ok(None) => {}
+            // A symlink, FIFO, device or huge file under an address's name: not a reservation
+            // we can trust or take over, so the address is not handed out.
+            Err(e) => {
+                log::warn!("{e}; address {ip} skipped");
+                return Ok(false);
+            }
         }
-        let tmp = self
+        let tmp = format!("{RESERVING_PREFIX}{}", std::process::id());
+        if !self
             .dir
-            .join(format!("{RESERVING_PREFIX}{}", std::process::id()));
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(owner_content(id, ifname).as_bytes()));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_error("writing", &tmp, e));
+            .write_new(&name, &tmp, owner_content(id, ifname).as_bytes())?
+        {
+            return Ok(false);
         }
-        let linked = std::fs::hard_link(&tmp, &path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(io_error("creating", &path, e)),
-        }
-        let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}"));
-        std::fs::write(&last, ip.to_string()).map_err(|e| io_error("writing", &last, e))?;
+        let before = self.last_reserved(set_index);
+        self.write_last_reserved(set_index, Some(ip))?;
+        rewind.0.push((set_index, before, ip));
         Ok(true)
     }
 
-    fn last_reserved(&self, set_index: usize) -> Option<IpAddr> {
-        let s =
-            std::fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{set_index}")))
-                .ok()?;
-        s.trim().parse().ok()
+    fn last_reserved_name(set_index: usize) -> String {
+        format!("{LAST_RESERVED_PREFIX}{set_index}")
     }
 
-    /// Every reservation file (host-local's and ours).
-    pub fn reservations(&self) -> Result<Vec<Reservation>> {
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| io_error("listing", &self.dir, e))?;
-        let mut out = Vec::new();
-        for entry in rd.flatten() {
-            let name = entry.file_name();
-            let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
-                continue;
-            };
-            let Ok(content) = std::fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            let (container_id, ifname) = parse_owner(&content);
-            out.push(Reservation {
-                ip,
-                container_id,
-                ifname,
-            });
+    fn write_last_reserved(&self, set_index: usize, ip: Option<IpAddr>) -> Result<()> {
+        let name = Self::last_reserved_name(set_index);
+        match ip {
+            Some(ip) => {
+                let tmp = format!(".{name}.{}", std::process::id());
+                self.dir
+                    .write_replace(&name, &tmp, ip.to_string().as_bytes())?;
+            }
+            None => {
+                self.dir.remove(&name)?;
+            }
         }
-        out.sort_by_key(|r| (r.ip.is_ipv6(), to_u128(r.ip)));
+        Ok(())
+    }
+
+    fn last_reserved(&self, set_index: usize) -> Option<IpAddr> {
+        let name = Self::last_reserved_name(set_index);
+        let content = self.dir.read(&name, MAX_RESERVATION_BYTES).ok()??;
+        String::from_utf8_lossy(&content).trim().parse().ok()
+    }
+
+    /// Puts back the `last_reserved_ip` files a failed allocation advanced, unless another
+    /// allocation moved them since (newest change first, so the oldest value wins).
+    pub fn rewind(&self, rewind: &Rewind) -> Result<()> {
+        for (set_index, before, wrote) in rewind.0.iter().rev() {
+            if self.last_reserved(*set_index) == Some(*wrote) {
+                self.write_last_reserved(*set_index, *before)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every reservation file (host-local's and ours). Files under an address's name that are
+    /// not small regular files are skipped (and logged): they are nobody's reservation.
+    pub fn reservations(&self) -> Result<Vec<Reservation>> {
+        let mut out = Vec::new();
+        for name in self.dir.names()? {
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
+            match self.owner_of(ip) {
+                Ok(Some((container_id, ifname))) => out.push(Reservation {
+                    ip,
+                    container_id,
+                    ifname,
+                }),
+                Ok(None) => {}
+                Err(e) => log::warn!("{e}; not counted as a reservation"),
+            }
+        }
+        out.sort_by_key(|r| (Family::of(r.ip), to_u128(r.ip)));
         Ok(out)
     }
 
     /// Releases `ip` if it is reserved for this attachment; `false` otherwise.
     pub fn release_ip(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool> {
-        let path = self.ip_path(ip);
-        match std::fs::read_to_string(&path) {
-            Ok(c) if parse_owner(&c) == (id.trim().to_string(), ifname.to_string()) => {
-                std::fs::remove_file(&path).map_err(|e| io_error("removing", &path, e))?;
+        match self.owner_of(ip) {
+            Ok(Some(owner)) if owner == (id.trim().to_string(), ifname.to_string()) => {
+                self.dir.remove(&ip.to_string())?;
                 Ok(true)
             }
             Ok(_) => Ok(false),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error("reading", &path, e)),
+            Err(e) => {
+                log::warn!("{e}; not released");
+                Ok(false)
+            }
         }
     }
 
@@ -470,13 +488,15 @@ impl Store {
     }
 
     /// Allocates one address from each range set, honouring requested addresses; all or
-    /// nothing.
+    /// nothing (also the round-robin position). `rewind` receives what a caller that fails
+    /// later needs to put the position back.
     pub fn allocate(
         &self,
         cfg: &Config,
         id: &str,
         ifname: &str,
         requested: &[IpAddr],
+        rewind: &mut Rewind,
     ) -> Result<Vec<IpConfig>> {
         let mut pending: Vec<IpAddr> = Vec::new();
         for ip in requested {
@@ -485,13 +505,14 @@ impl Store {
             }
         }
         let mut got: Vec<IpConfig> = Vec::new();
+        let mut advanced = Rewind::default();
         let outcome = (|| {
             for (i, set) in cfg.range_sets.iter().enumerate() {
                 let req = pending
                     .iter()
                     .position(|ip| set.iter().any(|r| r.contains(*ip)))
                     .map(|p| pending.remove(p));
-                got.push(self.allocate_from(set, i, id, ifname, req)?);
+                got.push(self.allocate_from(set, i, id, ifname, req, &mut advanced)?);
             }
             if !pending.is_empty() {
                 let list: Vec<String> = pending.iter().map(ToString::to_string).collect();
@@ -506,10 +527,16 @@ impl Store {
             Ok(())
         })();
         match outcome {
-            Ok(()) => Ok(got),
+            Ok(()) => {
+                rewind.0.extend(advanced.0);
+                Ok(got)
+            }
             Err(e) => {
                 for ip in &got {
                     let _ = self.release_ip(ip.address.ip(), id, ifname);
+                }
+                if let Err(re) = self.rewind(&advanced) {
+                    log::warn!("putting back the round-robin position: {re}");
                 }
                 Err(e)
             }
@@ -523,6 +550,7 @@ impl Store {
         id: &str,
         ifname: &str,
         requested: Option<IpAddr>,
+        rewind: &mut Rewind,
     ) -> Result<IpConfig> {
         let set_name = || {
             set.iter()
@@ -546,7 +574,7 @@ impl Store {
                     format!("requested IP {ip} is the subnet's gateway"),
                 ));
             }
-            if !self.reserve(ip, id, ifname, set_index)? {
+            if !self.reserve(ip, id, ifname, set_index, rewind)? {
                 return Err(CniError::new(
                     code::NO_ADDRESS,
                     format!(
@@ -558,7 +586,7 @@ impl Store {
             return Ok(config(ip, r));
         }
         for (ip, r) in RangeIter::new(set, self.last_reserved(set_index)) {
-            if self.reserve(ip, id, ifname, set_index)? {
+            if self.reserve(ip, id, ifname, set_index, rewind)? {
                 return Ok(config(ip, r));
             }
         }
@@ -620,7 +648,7 @@ impl<'a> Iterator for RangeIter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let r = &self.set[self.range];
-            let v6 = r.subnet.is_ipv6();
+            let family = Family::of_net(&r.subnet);
             let next = match self.cur {
                 None => {
                     let s = to_u128(r.start);
@@ -647,7 +675,7 @@ impl<'a> Iterator for RangeIter<'a> {
                 }
             }
             let r = &self.set[self.range];
-            let ip = from_u128(next, v6);
+            let ip = from_u128(next, family);
             if ip == r.gateway {
                 continue;
             }
@@ -666,11 +694,19 @@ impl super::Ipam for Builtin<'_> {
     fn add(&self, owner: super::Owner<'_>, requested: &[IpAddr]) -> Result<super::IpamResult> {
         let dns = self.cfg.dns()?;
         let store = Store::open(&self.cfg.data_dir, self.network)?;
-        let ips = store.allocate(self.cfg, owner.container_id, owner.ifname, requested)?;
+        let mut rewind = Rewind::default();
+        let ips = store.allocate(
+            self.cfg,
+            owner.container_id,
+            owner.ifname,
+            requested,
+            &mut rewind,
+        )?;
         Ok(super::IpamResult {
             ips,
             routes: self.cfg.routes.clone(),
             dns,
+            rewind,
         })
     }
 
@@ -803,7 +839,9 @@ mod tests {
         let dir = tmp();
         let c = cfg(json!({"subnet": "10.0.0.0/29", "dataDir": dir})).unwrap();
         let store = Store::open(&c.data_dir, "net").unwrap();
-        let a = store.allocate(&c, "c1", "eth0", &[]).unwrap();
+        let a = store
+            .allocate(&c, "c1", "eth0", &[], &mut Rewind::default())
+            .unwrap();
         assert_eq!(a[0].address.to_string(), "10.0.0.2/29");
         assert_eq!(a[0].gateway, Some(ip("10.0.0.1")));
         let content = std::fs::read(dir.join("net/10.0.0.2")).unwrap();
@@ -812,18 +850,30 @@ mod tests {
             std::fs::read_to_string(dir.join("net/last_reserved_ip.0")).unwrap(),
             "10.0.0.2"
         );
-        let b = store.allocate(&c, "c2", "eth0", &[]).unwrap();
+        let b = store
+            .allocate(&c, "c2", "eth0", &[], &mut Rewind::default())
+            .unwrap();
         assert_eq!(b[0].address.ip(), ip("10.0.0.3"));
         assert!(store.release_ip(ip("10.0.0.2"), "c1", "eth0").unwrap());
         // Round robin: continues after the last reserved, not at the freed one.
-        let c3 = store.allocate(&c, "c3", "eth0", &[]).unwrap();
+        let c3 = store
+            .allocate(&c, "c3", "eth0", &[], &mut Rewind::default())
+            .unwrap();
         assert_eq!(c3[0].address.ip(), ip("10.0.0.4"));
         // /29: .2-.6 usable; fill, then wrap to the freed .2, then exhaust.
-        store.allocate(&c, "c4", "eth0", &[]).unwrap();
-        store.allocate(&c, "c5", "eth0", &[]).unwrap();
-        let wrapped = store.allocate(&c, "c6", "eth0", &[]).unwrap();
+        store
+            .allocate(&c, "c4", "eth0", &[], &mut Rewind::default())
+            .unwrap();
+        store
+            .allocate(&c, "c5", "eth0", &[], &mut Rewind::default())
+            .unwrap();
+        let wrapped = store
+            .allocate(&c, "c6", "eth0", &[], &mut Rewind::default())
+            .unwrap();
         assert_eq!(wrapped[0].address.ip(), ip("10.0.0.2"));
-        let err = store.allocate(&c, "c7", "eth0", &[]).unwrap_err();
+        let err = store
+            .allocate(&c, "c7", "eth0", &[], &mut Rewind::default())
+            .unwrap_err();
         assert_eq!(err.code, code::NO_ADDRESS);
         assert_eq!(store.free_counts(&c).unwrap(), vec![0]);
         drop(store);
@@ -842,7 +892,9 @@ mod tests {
         std::fs::write(dir.join("net/.reserving-999999"), "dead\r\neth0").unwrap();
         let store = Store::open(&c.data_dir, "net").unwrap();
         assert!(!dir.join("net/.reserving-999999").exists());
-        let a = store.allocate(&c, "c1", "eth0", &[]).unwrap();
+        let a = store
+            .allocate(&c, "c1", "eth0", &[], &mut Rewind::default())
+            .unwrap();
         assert_eq!(a[0].address.ip(), ip("10.0.0.2"));
         assert_eq!(
             std::fs::read(dir.join("net/10.0.0.2")).unwrap(),
@@ -864,7 +916,7 @@ mod tests {
         let c = cfg(json!({"subnet": "10.0.0.0/24", "dataDir": dir})).unwrap();
         let store = Store::open(&c.data_dir, "net").unwrap();
         let a = store
-            .allocate(&c, "c1", "eth0", &[ip("10.0.0.11")])
+            .allocate(&c, "c1", "eth0", &[ip("10.0.0.11")], &mut Rewind::default())
             .unwrap();
         assert_eq!(a[0].address.to_string(), "10.0.0.11/24");
         for (req, why) in [
@@ -872,7 +924,9 @@ mod tests {
             ("10.0.0.1", "gateway"),
             ("10.9.0.1", "outside"),
         ] {
-            let e = store.allocate(&c, "c2", "eth0", &[ip(req)]).unwrap_err();
+            let e = store
+                .allocate(&c, "c2", "eth0", &[ip(req)], &mut Rewind::default())
+                .unwrap_err();
             assert_eq!(e.code, code::NO_ADDRESS, "{why}: {e}");
         }
         // Nothing left behind by the failures.
@@ -897,12 +951,40 @@ mod tests {
         let dir = tmp();
         let c = cfg(json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/126"}]], "dataDir": dir})).unwrap();
         let store = Store::open(&c.data_dir, "net").unwrap();
-        let a = store.allocate(&c, "c1", "eth0", &[]).unwrap();
+        let a = store
+            .allocate(&c, "c1", "eth0", &[], &mut Rewind::default())
+            .unwrap();
         assert_eq!(a[1].address.to_string(), "fd00::2/126");
-        // The v6 set (.1 gateway, .2 taken) is now full: the v4 address must be rolled back.
-        let e = store.allocate(&c, "c2", "eth0", &[]).unwrap_err();
+        // The v6 set (.1 gateway, .2 taken) is now full: the v4 address must be rolled back,
+        // and the round-robin position with it.
+        let last = |i: usize| {
+            std::fs::read_to_string(dir.join(format!("net/last_reserved_ip.{i}"))).unwrap()
+        };
+        let before = (last(0), last(1));
+        let mut rewind = Rewind::default();
+        let e = store
+            .allocate(&c, "c2", "eth0", &[], &mut rewind)
+            .unwrap_err();
         assert_eq!(e.code, code::NO_ADDRESS);
         assert_eq!(store.reservations().unwrap().len(), 2);
+        assert_eq!((last(0), last(1)), before);
+        assert!(rewind.0.is_empty(), "nothing left for the caller to rewind");
+        // A caller failing later rewinds its own advance, not one made since by another.
+        let mut mine = Rewind::default();
+        store.release_ip(ip("fd00::2"), "c1", "eth0").unwrap();
+        store.allocate(&c, "c3", "eth0", &[], &mut mine).unwrap();
+        assert_eq!(last(0), "10.0.0.3");
+        store.release_ip(ip("fd00::2"), "c3", "eth0").unwrap();
+        store
+            .allocate(&c, "c4", "eth0", &[], &mut Rewind::default())
+            .unwrap();
+        store.rewind(&mine).unwrap();
+        assert_eq!(last(0), "10.0.0.4", "a later allocation's position stays");
+        store.release_ip(ip("fd00::2"), "c4", "eth0").unwrap();
+        let mut theirs = Rewind::default();
+        store.allocate(&c, "c5", "eth0", &[], &mut theirs).unwrap();
+        store.rewind(&theirs).unwrap();
+        assert_eq!(last(0), "10.0.0.4", "its own advance is undone");
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -18,6 +18,24 @@ pub struct IpamResult {
     pub ips: Vec<IpConfig>,
     pub routes: Vec<RouteConf>,
     pub dns: Dns,
+    /// How to put the built-in allocator's round-robin position back if the ADD fails.
+    pub rewind: Rewind,
+}
+
+/// The built-in allocator's `last_reserved_ip.<set>` files as an allocation found them:
+/// (range set index, previous content, what the allocation wrote).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewind(pub Vec<(usize, Option<IpAddr>, IpAddr)>);
+
+/// After a failed ADD: restores each `last_reserved_ip` the ADD advanced, unless another
+/// allocation has moved it since (then the position is that allocation's, and stays).
+pub fn rewind(conf: &NetConf, rewind: &Rewind) -> Result<()> {
+    match &conf.ipam {
+        IpamConf::Builtin(cfg) if !rewind.0.is_empty() => {
+            hostlocal::Store::open(&cfg.data_dir, &conf.name)?.rewind(rewind)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// One attachment, as IPAM identifies it.

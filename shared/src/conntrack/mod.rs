@@ -7,7 +7,7 @@
 //! checks every flow again here ([`Filter::matches`]); deletions are pipelined
 //! ([`Conntrack::delete_many`]): thousands of requests per system call, one ACK each.
 //!
-//! The address family is the crate's nfnetlink one ([`crate::ipset::Family`]): conntrack's
+//! The address family is the crate's nfnetlink one ([`crate::crate::Family`]): conntrack's
 //! `nfgenmsg` family takes the same `NFPROTO_*` values.
 
 pub mod wire;
@@ -18,7 +18,7 @@ use std::ops::BitOr;
 
 use nix::errno::Errno;
 
-use crate::ipset::Family;
+use crate::Family;
 use crate::nl;
 use crate::Protocol;
 

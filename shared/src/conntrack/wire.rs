@@ -11,7 +11,8 @@
 
 use std::net::IpAddr;
 
-use super::{Family, Filter, Flow, Status, Tuple};
+use super::{Filter, Flow, Status, Tuple};
+use crate::Family;
 use crate::nl::{self, Builder, Error, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use crate::Protocol;
 

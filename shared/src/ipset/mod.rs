@@ -14,7 +14,7 @@ use ipnetwork::IpNetwork;
 use nix::errno::Errno;
 
 use crate::nl;
-use crate::Protocol;
+use crate::{Family, Protocol};
 
 use wire::Adt;
 
@@ -53,49 +53,6 @@ impl SetType {
 impl fmt::Display for SetType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// The address family of a set (`ipset create ... family inet|inet6`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Family {
-    #[default]
-    V4,
-    V6,
-}
-
-impl Family {
-    /// `NFPROTO_IPV4` / `NFPROTO_IPV6`.
-    pub fn nfproto(self) -> u8 {
-        match self {
-            Family::V4 => 2,
-            Family::V6 => 10,
-        }
-    }
-
-    /// The family for an `NFPROTO_*` value.
-    pub fn from_nfproto(v: u8) -> Option<Family> {
-        match v {
-            2 => Some(Family::V4),
-            10 => Some(Family::V6),
-            _ => None,
-        }
-    }
-
-    /// The family of an address.
-    pub fn of(ip: IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// `inet` / `inet6`, as `ipset` prints it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::V4 => "inet",
-            Family::V6 => "inet6",
-        }
     }
 }
 
@@ -456,6 +413,23 @@ impl Ipset {
     /// `ipset list NAME`: the members, or `None` when there is no such set.
     pub fn list(&self, name: &str) -> Result<Option<Vec<Entry>>, Error> {
         Ok(self.list_with_info(name)?.map(|(_, entries)| entries))
+    }
+
+    /// `ipset list -t NAME`: the header with the member count and the number of kernel objects
+    /// (iptables rules, other sets) using the set, without the members; `None` when there is
+    /// no such set. One round trip whatever the set's size.
+    pub fn header(&self, name: &str) -> Result<Option<SetInfo>, Error> {
+        wire::check_name(name).map_err(Error::Invalid)?;
+        match self
+            .sock
+            .dump(wire::list_header_request(self.protocol, name))
+        {
+            Ok(replies) => wire::parse_list(&replies)
+                .map(|(info, _)| Some(info))
+                .map_err(|e| Error::from_nl("list -t", name, e)),
+            Err(e) if e.code() == Some(Errno::ENOENT as i32) => Ok(None),
+            Err(e) => Err(Error::from_nl("list -t", name, e)),
+        }
     }
 
     /// `ipset list NAME` with the header (sizes, counters, references): `None` when there is no

@@ -8,10 +8,10 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{Entry, Family, SetInfo, SetSpec, SetType};
+use super::{Entry, SetInfo, SetSpec, SetType};
 use crate::nl::{self, Builder, Error, NLA_F_NESTED, NLA_F_NET_BYTEORDER, NLM_F_ACK, NLM_F_CREATE};
 use crate::nl::{NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
-use crate::Protocol;
+use crate::{Family, Protocol};
 
 /// The nfnetlink subsystem id of ipset.
 pub const NFNL_SUBSYS_IPSET: u16 = 6;
@@ -43,6 +43,7 @@ mod attr {
     pub const TYPENAME: u16 = 3;
     pub const REVISION: u16 = 4;
     pub const FAMILY: u16 = 5;
+    pub const FLAGS: u16 = 6;
     pub const DATA: u16 = 7;
     pub const ADT: u16 = 8;
     pub const PROTOCOL_MIN: u16 = 10;
@@ -209,6 +210,18 @@ pub fn list_request(protocol: u8, name: &str) -> Vec<u8> {
         protocol,
         name,
     )
+}
+
+/// `IPSET_FLAG_LIST_HEADER`: a listing without the members.
+const FLAG_LIST_HEADER: u32 = 1 << 2;
+
+/// `IPSET_CMD_LIST` dump of one set's header only (`ipset list -t NAME`): type, family, sizes,
+/// number of members and the kernel's reference count, without the members.
+pub fn list_header_request(protocol: u8, name: &str) -> Vec<u8> {
+    let mut b = start(cmd::LIST, NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP, protocol);
+    b.str(attr::SETNAME, name)
+        .be32(attr::FLAGS | NLA_F_NET_BYTEORDER, FLAG_LIST_HEADER);
+    b.finish()
 }
 
 /// `IPSET_CMD_ADD`/`DEL`/`TEST` of one element (`ipset add|del|test SET ENTRY`).

@@ -1,0 +1,314 @@
+//! Masquerade keyed on an ipset: a nat chain of our own holding the rules, and one jump to it
+//! from a built-in chain, for cni-bridge (pod traffic leaving a network) and svc-proxy (a pod
+//! reaching itself through a virtual service).
+//!
+//! The rules are static: written by exec'ing `iptables-restore --noflush`, which replaces the
+//! chain's content atomically (no moment with half the rules), and `iptables -C/-A` for the jump.
+//! When every rule matches the set (`-m set --match-set SET ...`), the kernel counts them as
+//! references of that set, so [`MasqueradeRules::proven`] verifies them with one netlink
+//! round trip and no exec: a set whose count differs from the number of rules gets its rules
+//! rewritten.
+
+use ipnetwork::IpNetwork;
+
+use crate::ipset::{self, Ipset};
+use crate::iptables::{Iptables, IptablesError, Position};
+use crate::Family;
+
+const TABLE: &str = "nat";
+
+/// Errors from ensuring or checking the rules.
+#[derive(Debug, thiserror::Error)]
+pub enum MasqueradeError {
+    #[error(transparent)]
+    Iptables(#[from] IptablesError),
+    #[error(transparent)]
+    Ipset(#[from] ipset::Error),
+    /// The spec cannot be written as a rule (e.g. a quote in the comment).
+    #[error("masquerade rules for {set}: {why}")]
+    Invalid { set: String, why: String },
+}
+
+type Result<T> = std::result::Result<T, MasqueradeError>;
+
+/// The rules of one set, one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasqueradeRules {
+    pub family: Family,
+    /// The ipset whose members' traffic is masqueraded.
+    pub set: String,
+    /// The directions of the set match (`src`; `dst,dst,src` for a `hash:ip,port,ip` set).
+    pub set_flags: &'static str,
+    /// Our nat chain.
+    pub chain: String,
+    /// The built-in nat chain that jumps to ours.
+    pub from: &'static str,
+    /// Whether the jump itself matches the set (then it counts for [`Self::proven`]).
+    pub jump_matches_set: bool,
+    /// `-m comment --comment` on every rule, naming the owner.
+    pub comment: Option<String>,
+    /// Destinations returned from the chain unmasqueraded, in order (`-d NET -j RETURN`).
+    pub exempt: Vec<IpNetwork>,
+    /// Destinations the masquerade rule leaves out (`! -d NET -j MASQUERADE`).
+    pub except: Option<IpNetwork>,
+    /// Whether the chain's rules match the set too (they count for [`Self::proven`]).
+    pub rules_match_set: bool,
+}
+
+impl MasqueradeRules {
+    fn set_match(&self) -> Vec<String> {
+        ["-m", "set", "--match-set", &self.set, self.set_flags]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn tail(&self, target: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(c) = &self.comment {
+            out.extend(["-m", "comment", "--comment", c].map(String::from));
+        }
+        out.extend(["-j".to_string(), target.to_string()]);
+        out
+    }
+
+    /// The chain's rules in order, as `iptables` arguments after `-A CHAIN`.
+    pub fn chain_rules(&self) -> Vec<Vec<String>> {
+        let matches = if self.rules_match_set {
+            self.set_match()
+        } else {
+            Vec::new()
+        };
+        let mut out = Vec::new();
+        for net in self
+            .exempt
+            .iter()
+            .filter(|n| Family::of_net(n) == self.family)
+        {
+            let net = IpNetwork::new(net.network(), net.prefix()).unwrap_or(*net);
+            let mut r = vec!["-d".to_string(), net.to_string()];
+            r.extend(matches.iter().cloned());
+            r.extend(self.tail("RETURN"));
+            out.push(r);
+        }
+        let mut r = Vec::new();
+        if let Some(except) = self.except {
+            r.extend(["!".to_string(), "-d".to_string(), except.to_string()]);
+        }
+        r.extend(matches);
+        r.extend(self.tail("MASQUERADE"));
+        out.push(r);
+        out
+    }
+
+    /// The jump from [`Self::from`], as `iptables` arguments after `-A FROM`.
+    pub fn jump_rule(&self) -> Vec<String> {
+        let mut r = if self.jump_matches_set {
+            self.set_match()
+        } else {
+            Vec::new()
+        };
+        r.extend(self.tail(&self.chain));
+        r
+    }
+
+    /// Every rule as `(chain, arguments)`, the chain's first and the jump last.
+    pub fn rules(&self) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = self
+            .chain_rules()
+            .into_iter()
+            .map(|r| (self.chain.clone(), r))
+            .collect();
+        out.push((self.from.to_string(), self.jump_rule()));
+        out
+    }
+
+    /// How many kernel references the set has when exactly these rules exist.
+    pub fn expected_references(&self) -> u32 {
+        let chain = if self.rules_match_set {
+            self.chain_rules().len() as u32
+        } else {
+            0
+        };
+        chain + u32::from(self.jump_matches_set)
+    }
+
+    fn iptables(&self) -> Iptables {
+        Iptables::new(self.family)
+    }
+
+    /// The `iptables-restore --noflush` input that (re)creates the chain with exactly its rules.
+    pub fn restore_input(&self) -> Result<String> {
+        let mut out = format!("*{TABLE}\n:{} - [0:0]\n", self.chain);
+        for rule in self.chain_rules() {
+            out.push_str(&format!("-A {}", self.chain));
+            for arg in rule {
+                if arg.contains(['"', '\\', '\n']) {
+                    return Err(MasqueradeError::Invalid {
+                        set: self.set.clone(),
+                        why: format!("argument {arg:?} cannot be quoted"),
+                    });
+                }
+                if arg.contains(' ') {
+                    out.push_str(&format!(" \"{arg}\""));
+                } else {
+                    out.push(' ');
+                    out.push_str(&arg);
+                }
+            }
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+        Ok(out)
+    }
+
+    /// Whether the rules are in place, without exec: the set's kernel reference count equals
+    /// [`Self::expected_references`] (only meaningful when it is not zero). `false` also when
+    /// the set does not exist.
+    pub fn proven(&self, ipset: &Ipset) -> Result<bool> {
+        Ok(ipset
+            .header(&self.set)?
+            .is_some_and(|info| info.references == self.expected_references()))
+    }
+
+    /// Writes the rules (exec): the chain's content replaced in one transaction, then the jump
+    /// appended unless present. Returns whether the jump had to be added. Extra copies of the
+    /// jump (which the reference count would otherwise never stop seeing) are removed when
+    /// `ipset` is given.
+    pub fn ensure(&self, ipset: Option<&Ipset>) -> Result<bool> {
+        let ipt = self.iptables();
+        ipt.restore(&self.restore_input()?)?;
+        let jump = self.jump_rule();
+        let args: Vec<&str> = jump.iter().map(String::as_str).collect();
+        let added = ipt.ensure_rule(TABLE, self.from, &args, Position::Append)?;
+        if let (Some(ipset), true) = (ipset, self.jump_matches_set) {
+            let expected = self.expected_references();
+            // Bounded: each pass removes one copy; a foreign rule using the set is left alone.
+            for _ in 0..8 {
+                let refs = ipset.header(&self.set)?.map_or(0, |i| i.references);
+                if refs <= expected || !ipt.delete_rule(TABLE, self.from, &args)? {
+                    break;
+                }
+                ipt.ensure_rule(TABLE, self.from, &args, Position::Append)?;
+            }
+        }
+        Ok(added)
+    }
+
+    /// The first rule missing (exec, `iptables -C` per rule), as `-t nat -A CHAIN ARGS`.
+    pub fn missing(&self) -> Result<Option<String>> {
+        let ipt = self.iptables();
+        for (chain, rule) in self.rules() {
+            let args: Vec<&str> = rule.iter().map(String::as_str).collect();
+            if !ipt.rule_exists(TABLE, &chain, &args)? {
+                return Ok(Some(format!("-t {TABLE} -A {chain} {}", rule.join(" "))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the jump (every copy) and the chain; returns whether anything was there.
+    pub fn remove(&self) -> Result<bool> {
+        let ipt = self.iptables();
+        let jump = self.jump_rule();
+        let args: Vec<&str> = jump.iter().map(String::as_str).collect();
+        let mut removed = false;
+        while ipt.delete_rule(TABLE, self.from, &args)? {
+            removed = true;
+        }
+        Ok(ipt.delete_chain(TABLE, &self.chain)? || removed)
+    }
+
+    /// The `iptables`/`ip6tables` program these rules are written with, for messages.
+    pub fn command(&self) -> &'static str {
+        self.iptables().command()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_rules() -> MasqueradeRules {
+        MasqueradeRules {
+            family: Family::V4,
+            set: "CNIB-0123".into(),
+            set_flags: "src",
+            chain: "CNIB-0123".into(),
+            from: "POSTROUTING",
+            jump_matches_set: true,
+            comment: Some("cni-bridge: podnet".into()),
+            exempt: vec!["10.0.0.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()],
+            except: Some(Family::V4.multicast()),
+            rules_match_set: true,
+        }
+    }
+
+    #[test]
+    fn every_rule_matches_the_set_and_is_counted() {
+        let r = pod_rules();
+        let text: Vec<String> = r
+            .rules()
+            .iter()
+            .map(|(c, a)| format!("{c} {}", a.join(" ")))
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                "CNIB-0123 -d 10.0.0.0/24 -m set --match-set CNIB-0123 src -m comment --comment cni-bridge: podnet -j RETURN",
+                "CNIB-0123 ! -d 224.0.0.0/4 -m set --match-set CNIB-0123 src -m comment --comment cni-bridge: podnet -j MASQUERADE",
+                "POSTROUTING -m set --match-set CNIB-0123 src -m comment --comment cni-bridge: podnet -j CNIB-0123",
+            ]
+        );
+        assert_eq!(r.expected_references(), 3);
+        assert_eq!(
+            r.restore_input().unwrap(),
+            "*nat\n:CNIB-0123 - [0:0]\n\
+             -A CNIB-0123 -d 10.0.0.0/24 -m set --match-set CNIB-0123 src -m comment --comment \"cni-bridge: podnet\" -j RETURN\n\
+             -A CNIB-0123 ! -d 224.0.0.0/4 -m set --match-set CNIB-0123 src -m comment --comment \"cni-bridge: podnet\" -j MASQUERADE\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn a_plain_jump_is_not_counted() {
+        let r = MasqueradeRules {
+            family: Family::V6,
+            set: "SVCPROXY-6-LOOP-BACK".into(),
+            set_flags: "dst,dst,src",
+            chain: "SVCPROXY-POSTROUTING".into(),
+            from: "POSTROUTING",
+            jump_matches_set: false,
+            comment: None,
+            exempt: Vec::new(),
+            except: None,
+            rules_match_set: true,
+        };
+        assert_eq!(
+            r.chain_rules(),
+            vec![[
+                "-m",
+                "set",
+                "--match-set",
+                "SVCPROXY-6-LOOP-BACK",
+                "dst,dst,src",
+                "-j",
+                "MASQUERADE"
+            ]
+            .map(String::from)
+            .to_vec()]
+        );
+        assert_eq!(r.jump_rule(), vec!["-j", "SVCPROXY-POSTROUTING"]);
+        assert_eq!(r.expected_references(), 1);
+        assert_eq!(r.command(), "ip6tables");
+    }
+
+    #[test]
+    fn unquotable_comments_are_refused() {
+        let mut r = pod_rules();
+        r.comment = Some("a \"b\"".into());
+        assert!(matches!(
+            r.restore_input(),
+            Err(MasqueradeError::Invalid { .. })
+        ));
+    }
+}

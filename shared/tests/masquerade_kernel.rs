@@ -1,0 +1,88 @@
+//! Kernel tests of `nodenet::masquerade` and `Ipset::header`: root only, each in a private
+//! network namespace, checked against `ipset` and `iptables-save`.
+//!
+//! Run: `cargo test -p nodenet --test masquerade_kernel` as root.
+
+mod common;
+
+use common::{private_netns, run};
+use nodenet::ipset::{Ipset, SetSpec, SetType};
+use nodenet::masquerade::MasqueradeRules;
+use nodenet::Family;
+
+fn rules(set: &str) -> MasqueradeRules {
+    MasqueradeRules {
+        family: Family::V4,
+        set: set.into(),
+        set_flags: "src",
+        chain: set.into(),
+        from: "POSTROUTING",
+        jump_matches_set: true,
+        comment: Some("nodenet test: net".into()),
+        exempt: vec![
+            "10.0.0.0/24".parse().unwrap(),
+            "10.1.0.0/24".parse().unwrap(),
+        ],
+        except: Some(Family::V4.multicast()),
+        rules_match_set: true,
+    }
+}
+
+fn references_by_tool(set: &str) -> u32 {
+    run("ipset", &["list", "-t", set])
+        .lines()
+        .find_map(|l| l.strip_prefix("References:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("References line")
+}
+
+fn rules_naming(set: &str) -> usize {
+    run("iptables-save", &["-t", "nat"])
+        .lines()
+        .filter(|l| l.starts_with("-A ") && l.contains(set))
+        .count()
+}
+
+#[test]
+fn the_reference_count_proves_the_rules_and_ensure_repairs_them() {
+    private_netns();
+    let ipset = Ipset::open().unwrap();
+    let set = "nlw-masq";
+    ipset
+        .create(&SetSpec::new(set, SetType::HashIp, Family::V4))
+        .unwrap();
+    let r = rules(set);
+    assert_eq!(r.expected_references(), 4);
+    assert_eq!(ipset.header(set).unwrap().unwrap().references, 0);
+    assert!(!r.proven(&ipset).unwrap(), "no rules yet");
+    assert_eq!(r.missing().unwrap().map(|m| m.contains(set)), Some(true));
+
+    assert!(r.ensure(Some(&ipset)).unwrap(), "the jump was added");
+    assert_eq!(rules_naming(set), 4);
+    assert_eq!(ipset.header(set).unwrap().unwrap().references, 4);
+    assert_eq!(references_by_tool(set), 4);
+    assert!(r.proven(&ipset).unwrap());
+    assert_eq!(r.missing().unwrap(), None);
+
+    // Damage: the chain flushed, then a duplicate jump; each is seen and repaired.
+    run("iptables", &["-t", "nat", "-F", set]);
+    assert!(!r.proven(&ipset).unwrap());
+    assert!(!r.ensure(Some(&ipset)).unwrap(), "the jump was still there");
+    assert!(r.proven(&ipset).unwrap());
+    let jump: Vec<String> = r.jump_rule();
+    let mut args = vec!["-t", "nat", "-A", "POSTROUTING"];
+    args.extend(jump.iter().map(String::as_str));
+    run("iptables", &args);
+    assert_eq!(ipset.header(set).unwrap().unwrap().references, 5);
+    assert!(!r.proven(&ipset).unwrap());
+    r.ensure(Some(&ipset)).unwrap();
+    assert!(r.proven(&ipset).unwrap());
+    assert_eq!(rules_naming(set), 4);
+
+    assert!(r.remove().unwrap());
+    assert_eq!(rules_naming(set), 0);
+    assert_eq!(ipset.header(set).unwrap().unwrap().references, 0);
+    assert!(!r.remove().unwrap());
+    assert_eq!(ipset.header("nlw-absent").unwrap(), None);
+    assert!(!rules("nlw-absent").proven(&ipset).unwrap());
+}
