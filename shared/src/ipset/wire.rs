@@ -1,5 +1,6 @@
 //! The ipset nfnetlink messages, encoded and decoded without I/O, byte for byte as `ipset` 7.17
-//! sends them (`include/uapi/linux/netfilter/ipset/ip_set.h`).
+//! sends them (`include/uapi/linux/netfilter/ipset/ip_set.h`), but for the family byte of the
+//! type query of an `inet6` set (see [`type_request`]).
 //!
 //! Every request is `nlmsghdr` with type `(NFNL_SUBSYS_IPSET << 8) | cmd`, an `nfgenmsg`
 //! (family `AF_INET`, version 0, res_id 0) and the protocol attribute first.
@@ -54,11 +55,13 @@ mod data {
     pub const IP: u16 = 1;
     pub const CIDR: u16 = 3;
     pub const PORT: u16 = 4;
+    pub const PORT_TO: u16 = 5;
     pub const PROTO: u16 = 7;
     pub const LINENO: u16 = 9;
     pub const HASHSIZE: u16 = 18;
     pub const MAXELEM: u16 = 19;
     pub const IP2: u16 = 20;
+    pub const CIDR2: u16 = 21;
     pub const ELEMENTS: u16 = 24;
     pub const REFERENCES: u16 = 25;
     pub const MEMSIZE: u16 = 26;
@@ -83,7 +86,8 @@ pub mod errno {
     pub const REFERENCED: i32 = 4108;
     pub const IPADDR_IPV4: i32 = 4109;
     pub const IPADDR_IPV6: i32 = 4110;
-    /// First of the set-type-specific codes (e.g. "hash is full").
+    /// First of the set-type-specific codes: "hash is full" for a hash set, "outside the
+    /// range" for a bitmap.
     pub const TYPE_SPECIFIC: i32 = 4352;
 }
 
@@ -106,12 +110,14 @@ pub fn describe(code: i32) -> Option<&'static str> {
         errno::REFERENCED => "set is referenced by another set",
         errno::IPADDR_IPV4 => "address is not IPv4 while the set is",
         errno::IPADDR_IPV6 => "address is not IPv6 while the set is",
-        c if c == errno::TYPE_SPECIFIC => "the set is full or the element cannot be stored",
+        c if c == errno::TYPE_SPECIFIC => {
+            "the set is full (hash), or the element is outside the set's range (bitmap)"
+        }
         _ => return None,
     })
 }
 
-/// Which element command [`entry`] encodes.
+/// Which element command [`entry_request`] encodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adt {
     /// `ipset add` (`NLM_F_EXCL`: the kernel reports an existing member).
@@ -145,11 +151,21 @@ pub fn protocol_request(protocol: u8) -> Vec<u8> {
     start(cmd::PROTOCOL, NLM_F_REQUEST, protocol).finish()
 }
 
-/// `IPSET_CMD_TYPE`: asks which revisions of a set type the kernel has.
-pub fn type_request(protocol: u8, kind: SetType, family: Family) -> Vec<u8> {
+/// `NFPROTO_UNSPEC`: the family `ipset` sends for a type without one (`bitmap:port`).
+const NFPROTO_UNSPEC: u8 = 0;
+
+fn nfproto(family: Option<Family>) -> u8 {
+    family.map_or(NFPROTO_UNSPEC, Family::nfproto)
+}
+
+/// `IPSET_CMD_TYPE`: asks which revisions of a set type the kernel has for `family` (`None`
+/// for `bitmap:port`). `ipset` asks with `inet` even for an `inet6` set (it has not read the
+/// family option yet); the kernel's type lookup is keyed on the family, so we ask with the
+/// set's own (every hash type we create answers alike for both).
+pub fn type_request(protocol: u8, kind: SetType, family: Option<Family>) -> Vec<u8> {
     let mut b = start(cmd::TYPE, NLM_F_REQUEST, protocol);
     b.str(attr::TYPENAME, kind.name())
-        .u8(attr::FAMILY, family.nfproto());
+        .u8(attr::FAMILY, nfproto(family));
     b.finish()
 }
 
@@ -164,8 +180,12 @@ pub fn create_request(protocol: u8, spec: &SetSpec, revision: u8, exclusive: boo
     b.str(attr::SETNAME, &spec.name)
         .str(attr::TYPENAME, spec.kind.name())
         .u8(attr::REVISION, revision)
-        .u8(attr::FAMILY, spec.family.nfproto())
+        .u8(attr::FAMILY, nfproto(spec.family))
         .begin_nest(attr::DATA | NLA_F_NESTED);
+    if let Some(r) = &spec.port_range {
+        b.be16(data::PORT | NLA_F_NET_BYTEORDER, *r.start())
+            .be16(data::PORT_TO | NLA_F_NET_BYTEORDER, *r.end());
+    }
     if let Some(h) = spec.hashsize {
         b.be32(data::HASHSIZE | NLA_F_NET_BYTEORDER, h);
     }
@@ -242,6 +262,11 @@ pub fn entry_request(protocol: u8, adt: Adt, set: &str, entry: &Entry) -> Vec<u8
             put_ip(&mut b, data::IP, net.network());
             b.u8(data::CIDR, net.prefix());
         }
+        Entry::IpPort { ip, proto, port } => {
+            put_ip(&mut b, data::IP, *ip);
+            b.be16(data::PORT | NLA_F_NET_BYTEORDER, *port)
+                .u8(data::PROTO, proto.number());
+        }
         Entry::IpPortIp {
             ip,
             proto,
@@ -253,6 +278,23 @@ pub fn entry_request(protocol: u8, adt: Adt, set: &str, entry: &Entry) -> Vec<u8
                 .u8(data::PROTO, proto.number());
             put_ip(&mut b, data::IP2, *ip2);
         }
+        Entry::IpPortNet {
+            ip,
+            proto,
+            port,
+            net,
+        } => {
+            put_ip(&mut b, data::IP, *ip);
+            b.be16(data::PORT | NLA_F_NET_BYTEORDER, *port)
+                .u8(data::PROTO, proto.number());
+            put_ip(&mut b, data::IP2, net.network());
+            // Always sent, as ipset does when the prefix is written (`/32` too); without it
+            // the kernel takes the host mask, so a bare address means the same.
+            b.u8(data::CIDR2, net.prefix());
+        }
+        Entry::Port(port) => {
+            b.be16(data::PORT | NLA_F_NET_BYTEORDER, *port);
+        }
     }
     // ipset sends the restore line number (0 outside `ipset restore`) with ADD and DEL.
     if adt != Adt::Test {
@@ -260,6 +302,15 @@ pub fn entry_request(protocol: u8, adt: Adt, set: &str, entry: &Entry) -> Vec<u8
     }
     b.end_nest();
     b.finish()
+}
+
+/// 32 or 128: the prefix of a single address.
+fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
 fn put_ip(b: &mut Builder, ty: u16, ip: IpAddr) {
@@ -348,6 +399,20 @@ pub fn parse_list<M: AsRef<[u8]>>(msgs: &[M]) -> Result<(SetInfo, Vec<Entry>), E
     Ok((info, entries))
 }
 
+/// Decodes the header of an `IPSET_CMD_LIST` dump of one set (all of it for `ipset list -t`),
+/// leaving the members aside: it reads a set of any type.
+pub fn parse_list_header<M: AsRef<[u8]>>(msgs: &[M]) -> Result<SetInfo, Error> {
+    let mut info = SetInfo::default();
+    for msg in msgs {
+        let m = reply_attrs(msg.as_ref(), cmd::LIST)?;
+        apply_set_attrs(&mut info, &m.payload[4..], None)?;
+    }
+    if info.type_name.is_empty() {
+        return Err(malformed("listing without a set type"));
+    }
+    Ok(info)
+}
+
 fn apply_set_attrs(
     info: &mut SetInfo,
     attrs: &[u8],
@@ -360,13 +425,21 @@ fn apply_set_attrs(
             attr::TYPENAME => info.type_name = a.str()?.to_owned(),
             attr::REVISION => info.revision = a.u8()?,
             attr::FAMILY => {
-                info.family = Family::from_nfproto(a.u8()?)
-                    .ok_or_else(|| malformed(format!("unknown set family {:?}", a.payload)))?
+                info.family = match a.u8()? {
+                    NFPROTO_UNSPEC => None,
+                    v => Some(
+                        Family::from_nfproto(v)
+                            .ok_or_else(|| malformed(format!("unknown set family {v}")))?,
+                    ),
+                }
             }
             attr::DATA => {
+                let (mut first, mut last) = (None, None);
                 for d in a.nested() {
                     let d = d?;
                     match d.ty {
+                        data::PORT => first = Some(d.be16()?),
+                        data::PORT_TO => last = Some(d.be16()?),
                         data::HASHSIZE => info.hashsize = d.be32()?,
                         data::MAXELEM => info.maxelem = d.be32()?,
                         data::ELEMENTS => info.entries = d.be32()?,
@@ -374,6 +447,9 @@ fn apply_set_attrs(
                         data::MEMSIZE => info.memsize = d.be32()?,
                         _ => {}
                     }
+                }
+                if let (Some(first), Some(last)) = (first, last) {
+                    info.port_range = Some(first..=last);
                 }
             }
             attr::ADT => {
@@ -394,40 +470,58 @@ fn apply_set_attrs(
 
 /// Decodes one `IPSET_ATTR_DATA` element of a set of type `kind`.
 pub fn parse_entry(kind: SetType, payload: &[u8]) -> Result<Entry, Error> {
-    let (mut ip, mut ip2, mut cidr, mut port, mut proto) = (None, None, None, None, None);
+    let (mut ip, mut ip2, mut cidr, mut cidr2, mut port, mut proto) =
+        (None, None, None, None, None, None);
     for d in nl::attrs(payload) {
         let d = d?;
         match d.ty {
             data::IP => ip = Some(parse_ip(d.payload)?),
             data::IP2 => ip2 = Some(parse_ip(d.payload)?),
             data::CIDR => cidr = Some(d.u8()?),
+            data::CIDR2 => cidr2 = Some(d.u8()?),
             data::PORT => port = Some(d.be16()?),
             data::PROTO => proto = Some(d.u8()?),
             _ => {}
         }
     }
-    let ip = ip.ok_or_else(|| malformed("set element without an address"))?;
+    let ip = || ip.ok_or_else(|| malformed("set element without an address"));
+    let port = || port.ok_or_else(|| malformed("set element without a port"));
+    let proto = || {
+        let number = proto.ok_or_else(|| malformed("set element without a protocol"))?;
+        Protocol::from_number(number).ok_or_else(|| {
+            malformed(format!(
+                "set element protocol {number} is not tcp, udp or sctp"
+            ))
+        })
+    };
+    let net = |ip: IpAddr, prefix: Option<u8>| {
+        let prefix = prefix.unwrap_or(host_prefix(ip));
+        IpNetwork::new(ip, prefix).map_err(|e| malformed(format!("set element {ip}/{prefix}: {e}")))
+    };
     Ok(match kind {
-        SetType::HashIp => Entry::Ip(ip),
-        SetType::HashNet => {
-            let host = if ip.is_ipv4() { 32 } else { 128 };
-            let prefix = cidr.unwrap_or(host);
-            Entry::Net(
-                IpNetwork::new(ip, prefix)
-                    .map_err(|e| malformed(format!("set element {ip}/{prefix}: {e}")))?,
-            )
-        }
-        SetType::HashIpPortIp => {
-            let number = proto.ok_or_else(|| malformed("element without a protocol"))?;
-            Entry::IpPortIp {
-                ip,
-                proto: Protocol::from_number(number).ok_or_else(|| {
-                    malformed(format!("element protocol {number} is not tcp, udp or sctp"))
-                })?,
-                port: port.ok_or_else(|| malformed("element without a port"))?,
-                ip2: ip2.ok_or_else(|| malformed("element without a second address"))?,
-            }
-        }
+        SetType::HashIp => Entry::Ip(ip()?),
+        SetType::HashNet => Entry::Net(net(ip()?, cidr)?),
+        SetType::HashIpPort => Entry::IpPort {
+            ip: ip()?,
+            proto: proto()?,
+            port: port()?,
+        },
+        SetType::HashIpPortIp => Entry::IpPortIp {
+            ip: ip()?,
+            proto: proto()?,
+            port: port()?,
+            ip2: ip2.ok_or_else(|| malformed("set element without a second address"))?,
+        },
+        SetType::HashIpPortNet => Entry::IpPortNet {
+            ip: ip()?,
+            proto: proto()?,
+            port: port()?,
+            net: net(
+                ip2.ok_or_else(|| malformed("set element without a network"))?,
+                cidr2,
+            )?,
+        },
+        SetType::BitmapPort => Entry::Port(port()?),
     })
 }
 
