@@ -56,12 +56,14 @@ pub fn init() {
 }
 
 /// Also appends to `path` (created mode 0600 whatever the umask: logs name containers); a file
-/// that cannot be opened is reported on stderr and skipped.
+/// that cannot be opened (or a FIFO nobody reads) is reported on stderr and skipped.
 pub fn to_file(path: &Path) {
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        // A FIFO without a reader fails at once instead of blocking the verb.
+        .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => {

@@ -498,6 +498,20 @@ fn special_and_huge_files_never_hang_a_verb() {
     let r = node.add(&f.plugin, &c, &pod).success();
     assert_eq!(pod_ip(&r, "cnib0"), "10.0.0.2");
 
+    // A FIFO nobody reads as the log file: skipped, the ADD completes.
+    let logs = TempDir::new("fifo-log");
+    let log_fifo = logs.path().join("cni.log");
+    nix::unistd::mkfifo(&log_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut logged = c.clone();
+    logged["logFile"] = json!(log_fifo);
+    let lpod = node.pod("fifo-lpod");
+    node.invoke(&f.plugin, "ADD")
+        .pod(&lpod)
+        .ifname("eth0")
+        .config(&logged)
+        .run_within(HANG)
+        .success();
+
     let resolv = TempDir::new("fifo-resolv");
     let fifo = resolv.path().join("resolv.conf");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -895,5 +909,35 @@ fn gc_reports_every_release_that_failed() {
     assert!(node.records(NET).is_empty());
     for p in &pods {
         assert!(observe::link(&p.ns, "eth0").is_none());
+    }
+}
+
+/// Class 10: two ADDs of one attachment at once (a runtime's retry): one succeeds, the other is
+/// refused (101) instead of replacing it, and the pod has the address the success reported.
+#[test]
+fn concurrent_adds_of_one_attachment_do_not_replace_each_other() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("dup-node");
+    let c = config(&f, &node, NET, SUBNET, "cnib0");
+    for round in 0..6 {
+        let pod = node.pod("dup-pod");
+        let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+            let a = s.spawn(|| node.add(&f.plugin, &c, &pod));
+            let b = s.spawn(|| node.add(&f.plugin, &c, &pod));
+            vec![a.join().unwrap(), b.join().unwrap()]
+        });
+        let ok: Vec<&Outcome> = outcomes.iter().filter(|o| o.exit == Some(0)).collect();
+        assert_eq!(ok.len(), 1, "round {round}: {outcomes:?}");
+        let refused = outcomes.iter().find(|o| o.exit != Some(0)).unwrap();
+        refused.error_code(101);
+        let result = ok[0].success();
+        let addr = AddResult::parse(&result, "cnib0").address();
+        assert_eq!(
+            observe::addresses_of(&pod.ns, "eth0"),
+            vec![addr],
+            "round {round}"
+        );
+        assert_whole_or_gone(&node, &pod, &pod.id);
+        node.del(&f.plugin, &c, &pod).success_empty();
     }
 }

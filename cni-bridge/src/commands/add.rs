@@ -85,6 +85,18 @@ async fn run(env: &Env, conf: &NetConf, netns: &NetNs) -> Result<Value> {
             None
         });
     if let Some(stale) = stale {
+        // An ADD of the same attachment that finished while this one waited for the lock: the
+        // interface checked free above exists now, and is not ours to replace.
+        if pod.link_by_name(&env.ifname).await?.is_some() {
+            return Err(CniError::new(
+                code::IFNAME_EXISTS,
+                format!(
+                    "interface {:?} already exists in {} (a concurrent ADD of this attachment)",
+                    env.ifname,
+                    netns.path().display()
+                ),
+            ));
+        }
         log::info!(
             "ADD: releasing stale attachment record of {}/{}",
             env.container_id,
