@@ -118,6 +118,29 @@ impl Iptables {
         })
     }
 
+    /// The rules of one table as `iptables-save -t TABLE` prints them.
+    pub fn save(&self, table: &str) -> Result<String, IptablesError> {
+        let save = match self.program {
+            "ip6tables" => "ip6tables-save",
+            _ => "iptables-save",
+        };
+        let out = Command::new(save)
+            .args(["-t", table])
+            .output()
+            .map_err(|source| IptablesError::Spawn {
+                program: save,
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(IptablesError::Failed {
+                command: format!("{save} -t {table}"),
+                status: out.status.code().unwrap_or(-1),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Whether a chain exists (`iptables -t TABLE -S CHAIN 1`).
     pub fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, IptablesError> {
         Ok(self

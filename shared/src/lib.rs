@@ -6,6 +6,8 @@
 //! - [`link`]: links, addresses and routes over rtnetlink (`ip link`/`ip addr`/`ip route`).
 //! - [`sysctl`]: per-namespace `/proc/sys` knobs.
 //! - [`iptables`]: the few static rules, ensured by exec'ing `iptables -w` (never per entry).
+//! - [`ruleset`]: a daemon's own chains and jumps, compared with `iptables-save` and repaired
+//!   in one `iptables-restore` transaction.
 //! - [`ipset`]: the ipset nfnetlink family, encoded here (`ipset create/add/del/list`).
 //! - [`ipvs`]: the IPVS generic-netlink family, encoded here (`ipvsadm -A/-a/-D/-d/-L`).
 //! - [`conntrack`]: connection tracking over ctnetlink, encoded here (`conntrack -L/-G/-D`).
@@ -29,6 +31,7 @@ pub mod masquerade;
 pub mod netns;
 pub mod nl;
 pub mod protocol;
+pub mod ruleset;
 pub mod sysctl;
 
 pub use family::Family;

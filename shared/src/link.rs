@@ -243,7 +243,13 @@ pub struct Route {
     pub gateway: Option<IpAddr>,
     /// Output interface index.
     pub oif: Option<u32>,
+    /// Who installed it (`ip route ... proto N`): [`PROTO_BOOT`] is what `ip route add` uses;
+    /// a daemon marks the routes it owns with a number of its own.
+    pub protocol: u8,
 }
+
+/// `proto boot`: the route protocol `ip route add` sets when none is named.
+pub const PROTO_BOOT: u8 = 3;
 
 /// An rtnetlink socket bound to one namespace, with its connection task on the current tokio
 /// runtime.
@@ -578,6 +584,7 @@ impl Rtnl {
                 continue;
             }
             let mut table = u32::from(m.header.table);
+            let protocol = u8::from(m.header.protocol);
             let mut dst = None;
             let mut gateway = None;
             let mut oif = None;
@@ -595,7 +602,12 @@ impl Rtnl {
             }
             let dst_ip = dst.unwrap_or_else(|| family.any().ip());
             if let Ok(dst) = IpNetwork::new(dst_ip, m.header.destination_prefix_length) {
-                out.push(Route { dst, gateway, oif });
+                out.push(Route {
+                    dst,
+                    gateway,
+                    oif,
+                    protocol,
+                });
             }
         }
         Ok(out)
@@ -606,8 +618,7 @@ impl Rtnl {
         msg.header.address_family = family_of(route.dst.ip());
         msg.header.destination_prefix_length = route.dst.prefix();
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        // What `ip route add` uses when no protocol is named ("proto boot").
-        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.protocol = RouteProtocol::from(route.protocol);
         msg.header.scope = if route.gateway.is_none() && route.oif.is_some() {
             RouteScope::Link
         } else {
@@ -635,6 +646,61 @@ impl Rtnl {
         let msg = Self::route_message(route);
         let outcome = self.handle.route().add(msg).execute().await;
         tolerate(outcome, format!("add route {route:?}"), &[Errno::EEXIST])
+    }
+
+    /// `ip route replace DST [via GW] [dev IFACE] proto N`: creates the route, or replaces the
+    /// one to the same destination.
+    pub async fn replace_route(&self, route: &Route) -> Result<()> {
+        let msg = Self::route_message(route);
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!("replace route {route:?}")))
+    }
+
+    /// `ip route del DST [via GW] proto N`; `false` when it was not there.
+    pub async fn del_route(&self, route: &Route) -> Result<bool> {
+        let msg = Self::route_message(route);
+        let outcome = self.handle.route().del(msg).execute().await;
+        tolerate(
+            outcome,
+            format!("delete route {route:?}"),
+            &[Errno::ESRCH, Errno::ENOENT],
+        )
+    }
+
+    /// Every address of every link but `except` (`ip addr` less one device), with its link index.
+    pub async fn all_addresses(&self, except: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("list addresses"))?;
+        let mut out = Vec::new();
+        for msg in msgs {
+            let index = msg.header.index;
+            if Some(index) == except {
+                continue;
+            }
+            let mut addr = None;
+            for attr in &msg.attributes {
+                match attr {
+                    AddressAttribute::Local(a) => addr = Some(*a),
+                    AddressAttribute::Address(a) if addr.is_none() => addr = Some(*a),
+                    _ => {}
+                }
+            }
+            if let Some(n) = addr.and_then(|a| IpNetwork::new(a, msg.header.prefix_len).ok()) {
+                out.push((index, n));
+            }
+        }
+        Ok(out)
     }
 
     /// Gets a link that must exist (e.g. right after creating it).
@@ -690,6 +756,7 @@ mod tests {
             dst: "0.0.0.0/0".parse().unwrap(),
             gateway: Some("10.0.0.1".parse().unwrap()),
             oif: Some(3),
+            protocol: PROTO_BOOT,
         });
         assert_eq!(msg.header.destination_prefix_length, 0);
         assert_eq!(msg.header.protocol, RouteProtocol::Boot);

@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use common::{private_netns, run};
 use nodenet::conntrack::{wire, Conntrack, Error, Filter, Flow, Status, Tuple};
-use nodenet::Family;
 use nodenet::nl;
+use nodenet::Family;
 use nodenet::Protocol;
 
 fn ip(s: &str) -> IpAddr {

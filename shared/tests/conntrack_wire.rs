@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use common::{fixture, hex, normalise, nth, split};
 use nodenet::conntrack::wire::{self, attr, filter as flag};
 use nodenet::conntrack::{Filter, Flow, Status, Tuple};
-use nodenet::Family;
 use nodenet::nl::{self, Message};
+use nodenet::Family;
 use nodenet::Protocol;
 
 fn ip(s: &str) -> IpAddr {

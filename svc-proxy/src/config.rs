@@ -23,6 +23,13 @@ pub struct FileSettings {
     pub oom_score_adj: Option<i32>,
     /// `logging.verbosity`.
     pub verbosity: Option<u32>,
+    pub masquerade_all: Option<bool>,
+    pub strict_arp: Option<bool>,
+    pub exclude_cidrs: Vec<String>,
+    pub nodeport_addresses: Vec<String>,
+    pub tcp_timeout: Option<Duration>,
+    pub tcp_fin_timeout: Option<Duration>,
+    pub udp_timeout: Option<Duration>,
 }
 
 /// Why a configuration file is refused.
@@ -70,16 +77,14 @@ fn rule(path: &str) -> Option<Rule> {
         | "bindAddressHardFail" | "clusterCIDR" | "mode" | "oomScoreAdj" => Supported,
         "enableProfiling" => DefaultOnly(&["false"], "svc-proxy serves no profiling endpoints"),
         "showHiddenMetricsForVersion" => DefaultOnly(&[], "svc-proxy has no hidden metrics"),
-        "iptables.masqueradeAll" => DefaultOnly(&["false"], "masquerading all Service traffic is not implemented"),
+        "iptables.masqueradeAll" => Supported,
         "iptables.masqueradeBit" => DefaultOnly(&["14"], "svc-proxy's masquerade mark is bit 14 (0x4000), as kube-proxy's default"),
         "iptables.localhostNodePorts" | "iptables.syncPeriod" | "iptables.minSyncPeriod" => {
             Ignored("an iptables-mode setting, which IPVS mode does not use")
         }
-        "ipvs.syncPeriod" | "ipvs.minSyncPeriod" | "ipvs.scheduler" => Supported,
-        "ipvs.excludeCIDRs" => DefaultOnly(&[], "--ipvs-exclude-cidrs is not implemented"),
-        "ipvs.strictARP" => DefaultOnly(&["false"], "--ipvs-strict-arp is not implemented"),
-        "ipvs.tcpTimeout" | "ipvs.tcpFinTimeout" | "ipvs.udpTimeout" => {
-            DefaultOnly(&["0s"], "IPVS connection timeouts are not implemented")
+        "ipvs.syncPeriod" | "ipvs.minSyncPeriod" | "ipvs.scheduler" | "ipvs.excludeCIDRs"
+        | "ipvs.strictARP" | "ipvs.tcpTimeout" | "ipvs.tcpFinTimeout" | "ipvs.udpTimeout" => {
+            Supported
         }
         p if p.starts_with("nftables.") => Ignored("an nftables-mode setting, which IPVS mode does not use"),
         p if p.starts_with("winkernel.") => Ignored("a Windows setting"),
@@ -88,7 +93,7 @@ fn rule(path: &str) -> Option<Rule> {
         "detectLocal.bridgeInterface" | "detectLocal.interfaceNamePrefix" => {
             DefaultOnly(&[], "local traffic is detected by --cluster-cidr only")
         }
-        "nodePortAddresses" => DefaultOnly(&[], "NodePort Services are not implemented"),
+        "nodePortAddresses" => Supported,
         "conntrack.maxPerCore" => DefaultOnly(&["32768"], "svc-proxy leaves the conntrack table size to the node's sysctls"),
         "conntrack.min" => DefaultOnly(&["131072"], "svc-proxy leaves the conntrack table size to the node's sysctls"),
         "conntrack.tcpEstablishedTimeout" => DefaultOnly(&["24h0m0s", "24h"], "svc-proxy leaves conntrack timeouts to the node's sysctls"),
@@ -193,6 +198,32 @@ pub fn parse(file: &str, text: &str) -> Result<FileSettings, ConfigError> {
             format!("{m:?}: svc-proxy is an IPVS proxy (mode must be \"ipvs\" or empty)"),
         ));
     }
+    let strings = |path: &str| -> Result<Vec<String>, ConfigError> {
+        match get(path) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.trim().to_string()),
+                    other => Err(field(
+                        path,
+                        format!("expected a list of strings, found {other}"),
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(field(path, format!("expected a list, found {other}"))),
+        }
+    };
+    let flag = |path: &str| -> Result<Option<bool>, ConfigError> {
+        match get(path) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(field(
+                path,
+                format!("expected true or false, found {other}"),
+            )),
+        }
+    };
     let number = |path: &str| -> Result<Option<i64>, ConfigError> {
         match get(path) {
             None => Ok(None),
@@ -227,6 +258,13 @@ pub fn parse(file: &str, text: &str) -> Result<FileSettings, ConfigError> {
                 u32::try_from(n).map_err(|_| field("logging.verbosity", format!("{n} is negative")))
             })
             .transpose()?,
+        masquerade_all: flag("iptables.masqueradeAll")?,
+        strict_arp: flag("ipvs.strictARP")?,
+        exclude_cidrs: strings("ipvs.excludeCIDRs")?,
+        nodeport_addresses: strings("nodePortAddresses")?,
+        tcp_timeout: duration("ipvs.tcpTimeout")?,
+        tcp_fin_timeout: duration("ipvs.tcpFinTimeout")?,
+        udp_timeout: duration("ipvs.udpTimeout")?,
     })
 }
 
@@ -415,9 +453,8 @@ winkernel:
     fn another_mode_or_an_unimplemented_field_is_refused_by_name() {
         let cases = [
             ("mode: ipvs", "mode: iptables", "c.yaml: mode: \"iptables\": svc-proxy is an IPVS proxy (mode must be \"ipvs\" or empty)"),
-            ("  strictARP: false", "  strictARP: true", "c.yaml: ipvs.strictARP: true is not supported (--ipvs-strict-arp is not implemented); remove it or set it to its default"),
-            ("nodePortAddresses: null", "nodePortAddresses: [primary]", "c.yaml: nodePortAddresses: [\"primary\"] is not supported (NodePort Services are not implemented); remove it or set it to its default"),
-            ("  masqueradeAll: false\n  masqueradeBit", "  masqueradeAll: true\n  masqueradeBit", "c.yaml: iptables.masqueradeAll: true is not supported (masquerading all Service traffic is not implemented); remove it or set it to its default"),
+            ("  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs", "  masqueradeBit: 15\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs", "c.yaml: iptables.masqueradeBit: 15 is not supported (svc-proxy's masquerade mark is bit 14 (0x4000), as kube-proxy's default); remove it or set it to its default"),
+            ("detectLocalMode: \"\"", "detectLocalMode: InterfaceNamePrefix", "c.yaml: detectLocalMode: InterfaceNamePrefix is not supported (local traffic is detected by --cluster-cidr only); remove it or set it to its default"),
             ("enableProfiling: false", "enableProfiling: true", "c.yaml: enableProfiling: true is not supported (svc-proxy serves no profiling endpoints); remove it or set it to its default"),
             ("portRange: \"\"", "portRnage: \"\"", "c.yaml: portRnage: unknown field (not part of KubeProxyConfiguration v1alpha1)"),
             ("  maxPerCore: null", "  maxPerCore: 65536", "c.yaml: conntrack.maxPerCore: 65536 is not supported (svc-proxy leaves the conntrack table size to the node's sysctls); remove it or set it to its default"),
@@ -442,6 +479,34 @@ winkernel:
             parse("c.yaml", &wrong_kind).unwrap_err().to_string(),
             "c.yaml: kind: Some(\"KubeletConfiguration\") is not KubeProxyConfiguration"
         );
+    }
+
+    #[test]
+    fn the_ipvs_and_node_port_settings_map_too() {
+        let text = GENERATED
+            .replace("  strictARP: false", "  strictARP: true")
+            .replace("  excludeCIDRs: null", "  excludeCIDRs: [192.0.2.0/24]")
+            .replace("  tcpTimeout: 0s", "  tcpTimeout: 15m")
+            .replace("  udpTimeout: 0s\nkind", "  udpTimeout: 30s\nkind")
+            .replace(
+                "nodePortAddresses: null",
+                "nodePortAddresses: [primary, 10.0.0.0/8]",
+            )
+            .replace(
+                "  masqueradeAll: false\n  masqueradeBit",
+                "  masqueradeAll: true\n  masqueradeBit",
+            );
+        let s = parse("c.yaml", &text).unwrap();
+        assert_eq!(s.strict_arp, Some(true));
+        assert_eq!(s.masquerade_all, Some(true));
+        assert_eq!(s.exclude_cidrs, vec!["192.0.2.0/24".to_string()]);
+        assert_eq!(
+            s.nodeport_addresses,
+            vec!["primary".to_string(), "10.0.0.0/8".to_string()]
+        );
+        assert_eq!(s.tcp_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(s.udp_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.tcp_fin_timeout, None);
     }
 
     #[test]

@@ -5,12 +5,15 @@
 
 use crate::dataplane::Dataplane;
 use crate::derive::Derived;
+use crate::desired::NodeView;
 use crate::health::Health;
+use crate::healthcheck::HealthChecks;
 use crate::metrics::Metrics;
 use crate::model::{Desired, Observed, ServiceKey};
 use crate::plan::{self, Op, Scope, Subset};
 use crate::source::Event;
 use crate::store::{Changes, Delta, SourceId, Store};
+use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -36,6 +39,41 @@ pub struct Config {
     pub min_sync: Duration,
     /// How long a removed TCP/SCTP real server may drain at weight 0 before it is deleted.
     pub graceful_timeout: Duration,
+    /// Which node addresses node ports listen on (`--nodeport-addresses`).
+    pub nodeport_addresses: NodePortAddresses,
+    /// Program routes to the other nodes' pod CIDRs (`--pod-routes`).
+    pub pod_routes: bool,
+    /// `--ipvs-exclude-cidrs`: virtual services there are never deleted.
+    pub excluded: Vec<IpNetwork>,
+}
+
+/// `--nodeport-addresses`: CIDRs, and/or `primary` (the node's own IPs from its Node object);
+/// neither means every address of the node, kube-proxy's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePortAddresses {
+    pub cidrs: Vec<IpNetwork>,
+    pub primary: bool,
+}
+
+impl NodePortAddresses {
+    /// Whether node ports listen on `ip` of a node whose own IPs are `node_ips`.
+    pub fn selects(&self, ip: &std::net::IpAddr, node_ips: &[std::net::IpAddr]) -> bool {
+        let family_cidrs: Vec<&IpNetwork> = self
+            .cidrs
+            .iter()
+            .filter(|c| c.is_ipv4() == ip.is_ipv4())
+            .collect();
+        if family_cidrs.is_empty() && !self.primary {
+            // kube-proxy: a family without a CIDR of its own matches every address of it.
+            return true;
+        }
+        family_cidrs.iter().any(|c| c.contains(*ip)) || (self.primary && node_ips.contains(ip))
+    }
+
+    /// Whether every address of every family is selected (no CIDR, no `primary`).
+    pub fn matches_all(&self) -> bool {
+        self.cidrs.is_empty() && !self.primary
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +89,9 @@ struct Applied {
     touched: BTreeSet<Scope>,
     /// Scopes with a failed operation.
     failed: BTreeSet<Scope>,
+    /// A UDP virtual service or real server was added or removed: stale conntrack entries may
+    /// hold traffic to the wrong place.
+    udp_changed: bool,
 }
 
 /// The reconcile state machine; [`Controller::run`] drives it from events and timers, tests drive
@@ -62,6 +103,8 @@ pub struct Controller<D: Dataplane> {
     health: Arc<Health>,
     store: Store,
     derived: Derived,
+    /// The health check node ports of `Local` load balancers.
+    health_checks: HealthChecks,
     /// Changes received and not synced yet.
     pending: Changes,
     /// The first sync (after every source listed everything) has happened.
@@ -93,7 +136,8 @@ impl<D: Dataplane> Controller<D> {
     ) -> Controller<D> {
         Controller {
             next_resync: now + cfg.resync,
-            derived: Derived::new(cfg.scheduler.clone()),
+            derived: Derived::new(cfg.scheduler.clone(), cfg.excluded.clone()),
+            health_checks: HealthChecks::new(None, health.clone()),
             cfg,
             dp,
             metrics,
@@ -111,17 +155,64 @@ impl<D: Dataplane> Controller<D> {
         }
     }
 
+    /// Serves the health check node ports on `rt` (without it they are only tracked).
+    pub fn serve_health_checks(&mut self, rt: tokio::runtime::Handle) {
+        self.health_checks = HealthChecks::new(Some(rt), self.health.clone());
+    }
+
     pub fn desired(&self) -> &Desired {
         self.derived.desired()
+    }
+
+    /// The health check node ports wanted: port -> (Service, local ready endpoints).
+    pub fn health_checks(&self) -> &BTreeMap<u16, (crate::objects::NamespacedName, usize)> {
+        self.health_checks.wanted()
+    }
+
+    /// This node as the derivation sees it: its Node (zone, IPs) from the store, its addresses
+    /// from the last kernel dump. With pod routes on, also the routes the other Nodes need.
+    fn refresh_node(&mut self) -> bool {
+        let node = self.store.node();
+        let ips = node.map(|n| n.internal_ips.clone()).unwrap_or_default();
+        let observed = self.observed.as_ref();
+        let addresses = observed
+            .map(|o| o.node_addresses.clone())
+            .unwrap_or_default();
+        let nodeport_addresses: BTreeSet<std::net::IpAddr> = addresses
+            .iter()
+            .filter(|a| self.cfg.nodeport_addresses.selects(a, &ips))
+            .copied()
+            .collect();
+        if !self.cfg.nodeport_addresses.matches_all() {
+            self.health_checks
+                .listen_on(Some(nodeport_addresses.iter().copied().collect()));
+        }
+        let view = NodeView {
+            name: self.store.node_name().to_string(),
+            zone: node.and_then(|n| n.zone.clone()),
+            nodeport_addresses,
+            addresses,
+            ips,
+        };
+        let mut changed = self.derived.set_node(view);
+        if self.cfg.pod_routes {
+            let networks = observed
+                .map(|o| o.node_networks.clone())
+                .unwrap_or_default();
+            let routes =
+                crate::routes::pod_routes(&self.store.nodes(), self.store.node_name(), &networks);
+            changed |= self.derived.set_routes(routes);
+        }
+        changed
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Kernel errors and VIP:port clashes since start.
+    /// Kernel errors since start, and the VIP:port clashes of the last full derive.
     pub fn errors(&self) -> usize {
-        self.errors
+        self.errors + self.derived.conflicts()
     }
 
     /// Whether the first sync has happened.
@@ -169,9 +260,13 @@ impl<D: Dataplane> Controller<D> {
                 "every source listed: {} Service(s); first sync",
                 self.store.service_names().count()
             );
+            if !self.observe(now, true) {
+                return;
+            }
+            self.refresh_node();
             self.derived.derive_all(&self.store);
             self.publish_desired();
-            self.sync(now, true, None);
+            self.sync(now, false, None);
             self.programmed(&pending, now);
             self.next_resync = now + self.cfg.resync;
             return;
@@ -182,7 +277,8 @@ impl<D: Dataplane> Controller<D> {
         let pending = std::mem::take(&mut self.pending);
         self.count_changes(&pending);
         let started = Instant::now();
-        let subset = if pending.all {
+        let node_changed = pending.nodes && self.refresh_node();
+        let subset = if pending.all || node_changed {
             self.derived.derive_all(&self.store);
             None
         } else {
@@ -316,7 +412,7 @@ impl<D: Dataplane> Controller<D> {
                 Scope::Service(k) => {
                     out.keys.insert(*k);
                 }
-                Scope::Address(_) | Scope::Loopback => return None,
+                Scope::Address(_) | Scope::Set(_) | Scope::Route(_) => return None,
             }
         }
         out.keys.extend(
@@ -340,11 +436,21 @@ impl<D: Dataplane> Controller<D> {
         if !self.observe(now, full) {
             return;
         }
+        if full && self.refresh_node() {
+            // The node's addresses moved: node ports and which addresses go on the dummy follow.
+            log::info!("this node's addresses or Node changed; deriving everything");
+            self.derived.derive_all(&self.store);
+            self.publish_desired();
+        }
         let ops = self.plan(now, subset);
         let planned = started.elapsed();
         let applied = self.apply(&ops);
         self.book_failures(&applied, now);
         self.track_drains(now, subset);
+        if applied.udp_changed {
+            self.clean_udp_conntrack();
+        }
+        self.health_checks.sync(self.derived.health());
         self.metrics
             .sync_done(started.elapsed(), &self.families(), subset.is_none(), true);
         self.health.updated();
@@ -370,7 +476,7 @@ impl<D: Dataplane> Controller<D> {
                 self.metrics.error("kernel");
                 self.errors += 1;
             }
-            match self.dp.observe(&self.derived.desired().vips()) {
+            match self.dp.observe(self.derived.desired()) {
                 Ok(o) => {
                     self.observed = Some(o);
                     self.stale.clear();
@@ -459,6 +565,7 @@ impl<D: Dataplane> Controller<D> {
             };
             match result {
                 Ok(()) => {
+                    applied.udp_changed |= touches_udp(op);
                     observed.record(op);
                     self.metrics.operation(op.kind());
                     *counts.entry(op.kind()).or_insert(0usize) += 1;
@@ -481,6 +588,26 @@ impl<D: Dataplane> Controller<D> {
             log::info!("applied {}", counts.join(", "));
         }
         applied
+    }
+
+    /// Deletes the UDP conntrack entries no virtual service's real server answers any more.
+    fn clean_udp_conntrack(&mut self) {
+        let udp: BTreeMap<ServiceKey, BTreeSet<SocketAddr>> = self
+            .derived
+            .desired()
+            .services
+            .iter()
+            .filter(|(k, _)| k.protocol == nodenet::Protocol::Udp)
+            .map(|(k, s)| (*k, s.endpoints.clone()))
+            .collect();
+        match self.dp.clean_udp_conntrack(&udp) {
+            Ok(0) => {}
+            Ok(n) => log::info!("deleted {n} stale UDP conntrack entries"),
+            Err(e) => {
+                log::error!("cleaning stale UDP conntrack entries: {e}");
+                self.metrics.error("kernel");
+            }
+        }
     }
 
     /// Backs off the failed scopes (doubling their delay) and forgets the backoff of scopes that
@@ -558,6 +685,17 @@ impl<D: Dataplane> Controller<D> {
     }
 }
 
+/// Whether `op` adds or removes a UDP virtual service or real server.
+fn touches_udp(op: &Op) -> bool {
+    let key = match op {
+        Op::AddService(s) => &s.key,
+        Op::DelService(k) => k,
+        Op::AddDest { service, .. } | Op::DelDest { service, .. } => service,
+        _ => return false,
+    };
+    key.protocol == nodenet::Protocol::Udp
+}
+
 /// What `svc-proxy check` prints, and how many problems it found.
 pub struct CheckReport {
     pub listing: String,
@@ -567,14 +705,11 @@ pub struct CheckReport {
 
 /// The desired state of everything `store` holds, without touching the kernel.
 pub fn check(store: &Store, scheduler: &str) -> CheckReport {
-    let names: Vec<_> = store.service_names().collect();
-    let (desired, conflicts) = crate::desired::build(names, store, scheduler);
-    for c in &conflicts {
-        log::error!("{c}");
-    }
+    let mut d = Derived::new(scheduler, Vec::new());
+    d.derive_all(store);
     CheckReport {
-        listing: crate::derive::listing(&desired),
-        conflicts: conflicts.len(),
+        listing: crate::derive::listing(d.desired()),
+        conflicts: d.conflicts(),
     }
 }
 

@@ -5,7 +5,7 @@ use crate::controller::{self, Controller};
 use crate::dataplane::Dataplane;
 use crate::health::Health;
 use crate::instance::Instance;
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, KernelOptions};
 use crate::metrics::Metrics;
 use crate::objects::Kind;
 use crate::source::files::FileSource;
@@ -45,6 +45,8 @@ pub struct Settings {
     pub once: bool,
     /// Written to `/proc/self/oom_score_adj` at start.
     pub oom_score_adj: Option<i32>,
+    /// The kernel set-up besides the planned state (rules, strict ARP, IPVS timeouts).
+    pub kernel: KernelOptions,
 }
 
 /// The store, told which initial lists to wait for.
@@ -82,7 +84,7 @@ pub fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<()> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .with_context(|| format!("setting oom_score_adj to {adj}"))?;
     }
-    let kernel = Kernel::open(&s.dummy)?;
+    let kernel = Kernel::open(&s.dummy, s.kernel.clone())?;
     run_with(s, kernel, Arc::new(Metrics::default()), shutdown)
 }
 
@@ -127,10 +129,12 @@ pub fn run_with<D: Dataplane + Send + 'static>(
 
     let cfg = s.controller.clone();
     let (m, h) = (metrics.clone(), health.clone());
+    let handle = rt.handle().clone();
     let controller = std::thread::Builder::new()
         .name("controller".into())
         .spawn(move || {
             let mut c = Controller::new(cfg, store, dp, m, h, Instant::now());
+            c.serve_health_checks(handle);
             c.run(&rx);
         })
         .context("starting the controller")?;

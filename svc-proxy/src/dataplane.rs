@@ -1,10 +1,9 @@
 //! The kernel as the controller sees it: dump what we own, apply operations. The real
 //! implementation is [`crate::kernel::Kernel`]; tests use the recording fake in [`fake`].
 
-use crate::model::{Observed, ObservedService, ServiceKey};
+use crate::model::{Desired, Observed, ObservedService, ServiceKey};
 use crate::plan::Op;
-use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A failed kernel operation, with the object it was about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,14 +25,24 @@ pub trait Dataplane {
     fn ensure_base(&mut self) -> Result<()>;
 
     /// Dumps the dummy device's addresses, every virtual service (real servers only for those
-    /// [`Observed::owns`] says are ours, given the `claimed` VIPs) and the loop-back set.
-    fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed>;
+    /// [`Observed::owns`] says are ours, given what `desired` claims), our sets and routes, and
+    /// the node's addresses.
+    fn observe(&mut self, desired: &Desired) -> Result<Observed>;
 
     /// Dumps one virtual service and its real servers (`ipvsadm -L -n -t VIP:PORT`).
     fn observe_service(&mut self, key: &ServiceKey) -> Result<Option<ObservedService>>;
 
     /// Applies `ops` in order, batched where the kernel allows; one result per operation.
     fn apply(&mut self, ops: &[Op]) -> Vec<Result<()>>;
+
+    /// Deletes the stale UDP conntrack entries of `services` (virtual service -> its real
+    /// servers): an entry whose original destination is one of them and whose reply does not
+    /// come from one of its real servers (sent while it had none, or to one that is gone).
+    /// Returns how many were deleted. kube-proxy's `CleanStaleEntries`.
+    fn clean_udp_conntrack(
+        &mut self,
+        services: &BTreeMap<ServiceKey, BTreeSet<std::net::SocketAddr>>,
+    ) -> Result<usize>;
 
     /// Removes everything svc-proxy owns (`svc-proxy cleanup`) and nothing else.
     fn cleanup(&mut self) -> Result<()>;
@@ -45,10 +54,10 @@ impl<D: Dataplane> Dataplane for std::sync::Arc<std::sync::Mutex<D>> {
         self.lock().unwrap_or_else(|p| p.into_inner()).ensure_base()
     }
 
-    fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed> {
+    fn observe(&mut self, desired: &Desired) -> Result<Observed> {
         self.lock()
             .unwrap_or_else(|p| p.into_inner())
-            .observe(claimed)
+            .observe(desired)
     }
 
     fn observe_service(&mut self, key: &ServiceKey) -> Result<Option<ObservedService>> {
@@ -59,6 +68,15 @@ impl<D: Dataplane> Dataplane for std::sync::Arc<std::sync::Mutex<D>> {
 
     fn apply(&mut self, ops: &[Op]) -> Vec<Result<()>> {
         self.lock().unwrap_or_else(|p| p.into_inner()).apply(ops)
+    }
+
+    fn clean_udp_conntrack(
+        &mut self,
+        services: &BTreeMap<ServiceKey, BTreeSet<std::net::SocketAddr>>,
+    ) -> Result<usize> {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clean_udp_conntrack(services)
     }
 
     fn cleanup(&mut self) -> Result<()> {
@@ -86,6 +104,8 @@ pub mod fake {
         pub service_observes: Vec<ServiceKey>,
         pub base_ensured: usize,
         pub cleaned: bool,
+        /// The services of each stale-UDP-conntrack cleanup asked for, in order.
+        pub conntrack_cleanups: Vec<BTreeMap<ServiceKey, BTreeSet<std::net::SocketAddr>>>,
     }
 
     impl Recording {
@@ -119,11 +139,20 @@ pub mod fake {
                     None => return Err(DataplaneError::new(op, "No such process")),
                     Some(o) => o.dests.contains_key(dest),
                 },
-                Op::AddLoopback(e) | Op::DelLoopback(e) => s.loopback.contains(e),
+                Op::AddMember { set, member } | Op::DelMember { set, member } => {
+                    s.has_member(set, member)
+                }
+                // `ip route replace`: adding never finds one in the way.
+                Op::AddRoute(_) => false,
+                Op::DelRoute(r) => s.routes.contains(r),
             };
             let adds = matches!(
                 op,
-                Op::AddAddress(_) | Op::AddService(_) | Op::AddDest { .. } | Op::AddLoopback(_)
+                Op::AddAddress(_)
+                    | Op::AddService(_)
+                    | Op::AddDest { .. }
+                    | Op::AddMember { .. }
+                    | Op::AddRoute(_)
             );
             match (adds, exists) {
                 (true, true) => Err(DataplaneError::new(op, "File exists")),
@@ -139,12 +168,12 @@ pub mod fake {
             Ok(())
         }
 
-        fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed> {
+        fn observe(&mut self, desired: &Desired) -> Result<Observed> {
             self.full_observes += 1;
             let mut o = self.state.clone();
             let owned = self.state.clone();
             for (key, svc) in o.services.iter_mut() {
-                if !owned.owns(&key.addr, claimed) {
+                if !owned.owns(key, desired) {
                     svc.dests.clear();
                 }
             }
@@ -170,19 +199,29 @@ pub mod fake {
                 .collect()
         }
 
+        fn clean_udp_conntrack(
+            &mut self,
+            services: &BTreeMap<ServiceKey, BTreeSet<std::net::SocketAddr>>,
+        ) -> Result<usize> {
+            self.conntrack_cleanups.push(services.clone());
+            Ok(0)
+        }
+
         fn cleanup(&mut self) -> Result<()> {
+            let none = Desired::default();
             let ours: Vec<ServiceKey> = self
                 .state
                 .services
                 .keys()
-                .filter(|k| self.state.addresses.contains(&k.addr))
+                .filter(|k| self.state.owns(k, &none))
                 .copied()
                 .collect();
             for k in ours {
                 self.state.services.remove(&k);
             }
             self.state.addresses.clear();
-            self.state.loopback.clear();
+            self.state.sets.clear();
+            self.state.routes.clear();
             self.cleaned = true;
             Ok(())
         }

@@ -1,37 +1,59 @@
 //! The desired state derived from the store, kept up to date per changed Service: one change
-//! re-derives the Services it touches and says which virtual services and loop-back entries to
-//! re-plan, so it costs the same at any number of Services.
+//! re-derives the Services it touches ([`crate::desired::service`]) and says which virtual
+//! services, set members and addresses to re-plan, so it costs the same at any number of
+//! Services. Members and addresses that several virtual services want are counted.
 
-use crate::desired;
-use crate::model::{Desired, LoopbackEntry, ServiceKey};
+use crate::desired::{self, NodeView, ServicePlan};
+use crate::model::{Desired, Member, PodRoute, ServiceKey, SetId};
 use crate::objects::NamespacedName;
 use crate::plan::Subset;
 use crate::store::Store;
-use std::collections::{BTreeSet, HashMap};
+use ipnetwork::IpNetwork;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
-/// The desired state and the indexes that let it follow per-Service changes.
+/// What one Service contributes to the desired state, as last derived.
+#[derive(Debug, Clone, Default)]
+struct Contribution {
+    keys: Vec<ServiceKey>,
+    bound: Vec<IpAddr>,
+    members: Vec<(SetId, Member)>,
+}
+
+/// The desired state and the bookkeeping that lets it follow per-Service changes.
 pub struct Derived {
     /// Scheduler of Services without the scheduler annotation.
     scheduler: String,
+    node: NodeView,
     desired: Desired,
-    /// The virtual services each Service contributes to `desired`.
-    keys_of: HashMap<NamespacedName, Vec<ServiceKey>>,
-    /// How many desired virtual services want each loop-back entry.
-    loop_refs: HashMap<LoopbackEntry, usize>,
+    contributions: HashMap<NamespacedName, Contribution>,
+    bound_refs: HashMap<IpAddr, usize>,
+    member_refs: HashMap<(SetId, Member), usize>,
+    /// Health check node ports of `Local` load balancers: port -> (Service, local endpoints).
+    health: BTreeMap<u16, (NamespacedName, usize)>,
     endpoints: usize,
     /// No VIP:port claimed twice: per-Service updates equal a full derive.
     exact: bool,
+    /// VIP:port clashes found by the last full derive.
+    conflicts: usize,
 }
 
 impl Derived {
-    pub fn new(scheduler: impl Into<String>) -> Derived {
+    pub fn new(scheduler: impl Into<String>, excluded: Vec<IpNetwork>) -> Derived {
         Derived {
             scheduler: scheduler.into(),
-            desired: Desired::default(),
-            keys_of: HashMap::new(),
-            loop_refs: HashMap::new(),
+            node: NodeView::default(),
+            desired: Desired {
+                excluded,
+                ..Desired::default()
+            },
+            contributions: HashMap::new(),
+            bound_refs: HashMap::new(),
+            member_refs: HashMap::new(),
+            health: BTreeMap::new(),
             endpoints: 0,
             exact: false,
+            conflicts: 0,
         }
     }
 
@@ -45,32 +67,66 @@ impl Derived {
         self.endpoints
     }
 
+    /// VIP:port clashes found by the last full derive (each skips one virtual service).
+    pub fn conflicts(&self) -> usize {
+        self.conflicts
+    }
+
+    /// Health check node ports wanted: port -> (Service, local ready endpoints).
+    pub fn health(&self) -> &BTreeMap<u16, (NamespacedName, usize)> {
+        &self.health
+    }
+
+    pub fn node(&self) -> &NodeView {
+        &self.node
+    }
+
+    /// Takes a new view of the node; true when it differs (everything must be re-derived then:
+    /// node ports, which addresses go on the dummy, zones all depend on it).
+    pub fn set_node(&mut self, node: NodeView) -> bool {
+        if node == self.node {
+            return false;
+        }
+        self.node = node;
+        true
+    }
+
+    /// Sets the pod routes wanted; true when they changed.
+    pub fn set_routes(&mut self, routes: BTreeSet<PodRoute>) -> bool {
+        if routes == self.desired.routes {
+            return false;
+        }
+        self.desired.routes = routes;
+        true
+    }
+
     /// Derives everything from the store (a VIP:port claimed twice is logged; the first Service
     /// in namespace/name order keeps it).
     pub fn derive_all(&mut self, store: &Store) {
-        let names: Vec<&NamespacedName> = store.service_names().collect();
-        let (desired, conflicts) = desired::build(names.iter().copied(), store, &self.scheduler);
+        let routes = std::mem::take(&mut self.desired.routes);
+        let excluded = std::mem::take(&mut self.desired.excluded);
+        self.desired = Desired {
+            routes,
+            excluded,
+            ..Desired::default()
+        };
+        self.contributions.clear();
+        self.bound_refs.clear();
+        self.member_refs.clear();
+        self.health.clear();
+        self.endpoints = 0;
+        let names: Vec<NamespacedName> = store.service_names().cloned().collect();
+        let mut conflicts = Vec::new();
+        for name in &names {
+            if let Some(plan) = desired::service(name, store, &self.node, &self.scheduler) {
+                conflicts.extend(self.add(name, plan));
+            }
+        }
         for c in &conflicts {
             log::error!("{c}");
         }
+        self.conflicts = conflicts.len();
         self.exact = conflicts.is_empty();
-        self.keys_of.clear();
-        for name in names {
-            if let Some((_, svc)) = store.service(name) {
-                self.keys_of.insert(name.clone(), service_keys(svc));
-            }
-        }
-        self.loop_refs.clear();
-        for (key, s) in &desired.services {
-            for ep in &s.endpoints {
-                *self
-                    .loop_refs
-                    .entry(LoopbackEntry::for_endpoint(*ep, key.protocol))
-                    .or_default() += 1;
-            }
-        }
-        self.endpoints = desired.endpoint_count();
-        self.desired = desired;
     }
 
     /// Re-derives the Services `names`. Returns what it touched, or `None` when it derived
@@ -80,68 +136,131 @@ impl Derived {
             self.derive_all(store);
             return None;
         }
-        let (part, conflicts) = desired::build(names, store, &self.scheduler);
-        if !conflicts.is_empty() {
-            self.derive_all(store);
-            return None;
-        }
         let mut subset = Subset::default();
+        let plans: Vec<(NamespacedName, Option<ServicePlan>)> = names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    desired::service(n, store, &self.node, &self.scheduler),
+                )
+            })
+            .collect();
         for name in names {
-            for key in self.keys_of.remove(name).unwrap_or_default() {
-                subset.keys.insert(key);
-                let Some(old) = self.desired.services.remove(&key) else {
-                    continue;
-                };
+            self.remove(name, &mut subset);
+        }
+        for (name, plan) in plans {
+            let Some(plan) = plan else { continue };
+            if plan
+                .virtual_services
+                .iter()
+                .any(|v| self.desired.services.contains_key(&v.service.service.key))
+            {
+                self.derive_all(store);
+                return None;
+            }
+            let before = subset.keys.len();
+            let clashes = self.add(&name, plan);
+            if !clashes.is_empty() {
+                self.derive_all(store);
+                return None;
+            }
+            debug_assert!(subset.keys.len() >= before);
+            let c = &self.contributions[&name];
+            subset.keys.extend(c.keys.iter().copied());
+            subset.addresses.extend(c.bound.iter().copied());
+            subset.members.extend(c.members.iter().copied());
+        }
+        Some(subset)
+    }
+
+    /// Adds one Service's plan; returns the clashes it found (virtual services another Service
+    /// already claims: skipped, with their members).
+    fn add(&mut self, name: &NamespacedName, plan: ServicePlan) -> Vec<String> {
+        let mut c = Contribution::default();
+        let mut clashes = Vec::new();
+        for vs in plan.virtual_services {
+            let key = vs.service.service.key;
+            if let Some(other) = self.desired.services.get(&key) {
+                clashes.push(format!(
+                    "{}: {key} is already used by {}; skipped",
+                    vs.service.origin, other.origin
+                ));
+                continue;
+            }
+            self.endpoints += vs.service.endpoints.len();
+            self.desired.services.insert(key, vs.service);
+            c.keys.push(key);
+            if let Some(ip) = vs.bound {
+                c.bound.push(ip);
+            }
+            c.members.extend(vs.members);
+        }
+        c.members.extend(plan.members);
+        for ip in &c.bound {
+            *self.bound_refs.entry(*ip).or_default() += 1;
+            self.desired.bound.insert(*ip);
+        }
+        for m in &c.members {
+            *self.member_refs.entry(*m).or_default() += 1;
+            self.desired.sets.entry(m.0).or_default().insert(m.1);
+        }
+        if let Some((port, count)) = plan.health {
+            self.health.insert(port, (name.clone(), count));
+        }
+        self.contributions.insert(name.clone(), c);
+        clashes
+    }
+
+    /// Takes one Service's contribution out, booking what it touched in `subset`.
+    fn remove(&mut self, name: &NamespacedName, subset: &mut Subset) {
+        let Some(c) = self.contributions.remove(name) else {
+            return;
+        };
+        for key in &c.keys {
+            subset.keys.insert(*key);
+            if let Some(old) = self.desired.services.remove(key) {
                 self.endpoints -= old.endpoints.len();
-                for ep in &old.endpoints {
-                    let entry = LoopbackEntry::for_endpoint(*ep, key.protocol);
-                    subset.loopback.insert(entry);
-                    let refs = self.loop_refs.entry(entry).or_default();
-                    *refs = refs.saturating_sub(1);
-                    if *refs == 0 {
-                        self.loop_refs.remove(&entry);
-                        self.desired.loopback.remove(&entry);
+            }
+        }
+        for ip in &c.bound {
+            subset.addresses.insert(*ip);
+            if release(&mut self.bound_refs, ip) {
+                self.desired.bound.remove(ip);
+            }
+        }
+        for m in &c.members {
+            subset.members.insert(*m);
+            if release(&mut self.member_refs, m) {
+                if let Some(set) = self.desired.sets.get_mut(&m.0) {
+                    set.remove(&m.1);
+                    if set.is_empty() {
+                        self.desired.sets.remove(&m.0);
                     }
                 }
             }
         }
-        if part
-            .services
-            .keys()
-            .any(|k| self.desired.services.contains_key(k))
-        {
-            self.derive_all(store);
-            return None;
-        }
-        for name in names {
-            if let Some((_, svc)) = store.service(name) {
-                self.keys_of.insert(name.clone(), service_keys(svc));
-            }
-        }
-        for (key, s) in part.services {
-            subset.keys.insert(key);
-            self.endpoints += s.endpoints.len();
-            for ep in &s.endpoints {
-                let entry = LoopbackEntry::for_endpoint(*ep, key.protocol);
-                subset.loopback.insert(entry);
-                *self.loop_refs.entry(entry).or_default() += 1;
-                self.desired.loopback.insert(entry);
-            }
-            self.desired.services.insert(key, s);
-        }
-        Some(subset)
+        self.health.retain(|_, (n, _)| n != name);
     }
 }
 
-/// The virtual services a Service asks for (as [`desired::build`] derives them).
-fn service_keys(s: &crate::objects::Service) -> Vec<ServiceKey> {
-    desired::virtual_services(s)
-        .into_iter()
-        .map(|(_, key)| key)
-        .collect()
+/// Drops one reference; true when it was the last.
+fn release<K: std::hash::Hash + Eq>(refs: &mut HashMap<K, usize>, k: &K) -> bool {
+    match refs.get_mut(k) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            refs.remove(k);
+            true
+        }
+        None => true,
+    }
 }
 
-/// The desired state as `ipvsadm -Ln` would list it, with the Service each entry comes from.
+/// The desired state as `ipvsadm -Ln` would list it, with the Service each entry comes from,
+/// then the size of each set that has members.
 pub fn listing(desired: &Desired) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -165,19 +284,23 @@ pub fn listing(desired: &Desired) -> String {
             );
         }
     }
-    for v6 in [false, true] {
-        let n = desired
-            .loopback
-            .iter()
-            .filter(|e| e.ip.is_ipv6() == v6)
-            .count();
-        if n > 0 || !v6 {
-            let _ = writeln!(
-                out,
-                "loop-back set {}: {n} entries",
-                crate::model::loopback_set(v6)
-            );
+    let loopback = SetId {
+        kind: crate::model::SetKind::LoopBack,
+        v6: false,
+    };
+    let _ = writeln!(
+        out,
+        "loop-back set {}: {} entries",
+        loopback.name(),
+        desired.sets.get(&loopback).map_or(0, |m| m.len())
+    );
+    for (set, members) in &desired.sets {
+        if *set != loopback && !members.is_empty() {
+            let _ = writeln!(out, "set {set}: {} entries", members.len());
         }
+    }
+    for r in &desired.routes {
+        let _ = writeln!(out, "route {r}");
     }
     out
 }

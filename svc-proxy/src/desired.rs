@@ -1,109 +1,319 @@
-//! Turns the Services in the store, with their EndpointSlices (or attached pods), into the desired
-//! kernel state. Pure: reads the store, touches nothing.
+//! What one Service asks of the kernel, with kube-proxy's IPVS-mode rules: a virtual service per
+//! cluster IP, external IP, load-balancer IP and node address (node ports) of each port, the
+//! endpoints each of them takes (ready ones, else serving terminating ones; traffic policies;
+//! topology hints), and the set members that tell the constant iptables rules what to
+//! masquerade, accept, filter or reject. Pure: reads the store, touches nothing.
 
-use crate::model::{Desired, DesiredService, LoopbackEntry, ServiceKey, VirtualService};
+use crate::model::{
+    DesiredService, Member, ServiceKey, SetId, SetKind, VirtualService, FLAG_SOURCE_HASH,
+};
 use crate::objects::{EndpointSlice, NamespacedName, Service, ServicePort, TargetPort};
 use crate::store::{SourceId, Store};
-use std::collections::BTreeSet;
+use nodenet::Protocol;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-/// Builds the desired state of the Services `names` (taken in the order given; callers pass
-/// namespace/name order). A VIP:port/protocol that an earlier Service already claims is skipped
-/// and reported in the returned list.
-pub fn build<'a>(
-    names: impl IntoIterator<Item = &'a NamespacedName>,
+/// What the derivation needs to know of this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    /// Its zone (`topology.kubernetes.io/zone` of its Node), for topology hints.
+    pub zone: Option<String>,
+    /// The addresses node ports listen on (the node's addresses, as `--nodeport-addresses`
+    /// selects them).
+    pub nodeport_addresses: BTreeSet<IpAddr>,
+    /// Every address of the node but the dummy's: an external or load-balancer IP that is one of
+    /// them is not put on the dummy device.
+    pub addresses: BTreeSet<IpAddr>,
+    /// The node's own IPs (its Node's InternalIPs): a load balancer's source ranges that hold one
+    /// let the node reach it.
+    pub ips: Vec<IpAddr>,
+}
+
+/// What one virtual service needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsPlan {
+    pub service: DesiredService,
+    /// The address to put on the dummy device, if any.
+    pub bound: Option<IpAddr>,
+    pub members: Vec<(SetId, Member)>,
+}
+
+/// What one Service needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub virtual_services: Vec<VsPlan>,
+    /// Members that belong to the Service rather than one virtual service.
+    pub members: Vec<(SetId, Member)>,
+    /// Its health check node port and how many local ready endpoints it has
+    /// (`externalTrafficPolicy: Local` load balancers).
+    pub health: Option<(u16, usize)>,
+}
+
+/// An endpoint of one Service port, one address family, with what its slice says of it.
+#[derive(Debug, Clone)]
+struct Candidate {
+    addr: SocketAddr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    local: bool,
+    zone_hints: Vec<String>,
+    node_hints: Vec<String>,
+}
+
+/// The plan of Service `name` as the store holds it (`None`: no such Service).
+pub fn service(
+    name: &NamespacedName,
     store: &Store,
+    node: &NodeView,
     default_scheduler: &str,
-) -> (Desired, Vec<String>) {
-    let mut desired = Desired::default();
-    let mut conflicts = Vec::new();
-    for name in names {
-        let Some((source, svc)) = store.service(name) else {
-            continue;
-        };
-        let slices = store.slices(name);
-        for (port, key) in virtual_services(svc) {
-            let v4 = key.addr.is_ipv4();
-            let origin = format!(
-                "{name} port {}/{}",
-                port.port,
-                port.protocol.as_str().to_uppercase()
-            );
-            let endpoints = if !slices.is_empty() {
-                slice_endpoints(&slices, port, v4)
+) -> Option<ServicePlan> {
+    let (source, svc) = store.service(name)?;
+    let slices = store.slices(name);
+    let scheduler = svc
+        .scheduler
+        .clone()
+        .unwrap_or_else(|| default_scheduler.to_string());
+    let flags = if scheduler == "mh" {
+        FLAG_SOURCE_HASH
+    } else {
+        0
+    };
+    let mut plan = ServicePlan::default();
+    let mut local_ready = BTreeSet::new();
+    for port in &svc.ports {
+        let externally_accessible = port.node_port.is_some()
+            || !svc.load_balancer_ips.is_empty()
+            || !svc.external_ips.is_empty();
+        let uses_cluster = !svc.internal_policy_local || externally_accessible;
+        let uses_local =
+            svc.internal_policy_local || (svc.external_policy_local && externally_accessible);
+        let proto_name = port.protocol.as_str().to_uppercase();
+        for v4 in [true, false] {
+            let candidates = if !slices.is_empty() {
+                slice_candidates(&slices, port, v4, node, source)
             } else if source != SourceId::Api {
-                pod_endpoints(svc, store, port, v4, &origin)
+                pod_candidates(svc, store, port, v4, name)
             } else {
                 // The API's EndpointSlice controller speaks for the Services it knows; pods
                 // attached on this node are no stand-in for their endpoints.
-                BTreeSet::new()
+                Vec::new()
             };
-            if let Some(other) = desired.services.get(&key) {
-                conflicts.push(format!(
-                    "{origin}: {key} is already used by {}; skipped",
-                    other.origin
-                ));
-                continue;
-            }
-            for ep in &endpoints {
-                desired
-                    .loopback
-                    .insert(LoopbackEntry::for_endpoint(*ep, port.protocol));
-            }
-            let service = VirtualService {
-                key,
-                scheduler: svc
-                    .scheduler
-                    .clone()
-                    .unwrap_or_else(|| default_scheduler.to_string()),
-                persistence: svc.affinity_timeout,
-            };
-            desired.services.insert(
-                key,
-                DesiredService {
-                    service,
-                    endpoints,
-                    origin,
-                },
+            local_ready.extend(
+                candidates
+                    .iter()
+                    .filter(|c| c.local && c.ready)
+                    .map(|c| c.addr.ip()),
             );
-        }
-    }
-    (desired, conflicts)
-}
-
-/// The virtual services a Service asks for: each of its ports on each of its distinct VIPs
-/// (cluster IPs, then external IPs), port by port.
-pub fn virtual_services(svc: &Service) -> Vec<(&ServicePort, ServiceKey)> {
-    let mut vips: Vec<IpAddr> = Vec::new();
-    for ip in svc.cluster_ips.iter().chain(&svc.external_ips) {
-        if !vips.contains(ip) {
-            vips.push(*ip);
-        }
-    }
-    svc.ports
-        .iter()
-        .flat_map(|port| {
-            vips.iter().map(move |vip| {
+            let (cluster, local) = categorize(&candidates, uses_cluster, uses_local, node);
+            let internal = if svc.internal_policy_local && !local.is_empty() {
+                local.clone()
+            } else {
+                cluster.clone()
+            };
+            let external = if svc.external_policy_local && !local.is_empty() {
+                local.clone()
+            } else {
+                cluster.clone()
+            };
+            let loopback: Vec<(SetId, Member)> = candidates
+                .iter()
+                .filter(|c| c.local && (cluster.contains(&c.addr) || local.contains(&c.addr)))
+                .map(|c| {
+                    (
+                        SetId::of(SetKind::LoopBack, c.addr.ip()),
+                        Member::loopback(c.addr, port.protocol),
+                    )
+                })
+                .collect();
+            let vs = |addr: IpAddr, vs_port: u16, what: &str, endpoints: &BTreeSet<SocketAddr>| {
                 let key = ServiceKey {
-                    addr: *vip,
+                    addr,
                     protocol: port.protocol,
-                    port: port.port,
+                    port: vs_port,
                 };
-                (port, key)
-            })
-        })
-        .collect()
+                DesiredService {
+                    service: VirtualService {
+                        key,
+                        scheduler: scheduler.clone(),
+                        persistence: svc.affinity_timeout,
+                        flags,
+                    },
+                    endpoints: endpoints.clone(),
+                    origin: format!("{name} port {}/{proto_name}{what}", port.port),
+                }
+            };
+            let family = |ip: &&IpAddr| ip.is_ipv4() == v4;
+
+            for &vip in svc.cluster_ips.iter().filter(family) {
+                let s = vs(vip, port.port, "", &internal);
+                let key = s.service.key;
+                let mut members = loopback.clone();
+                members.push((SetId::of(SetKind::ClusterIp, vip), Member::service(&key)));
+                members.push((SetId::of(SetKind::VipAddresses, vip), Member::Ip(vip)));
+                plan.virtual_services.push(VsPlan {
+                    service: s,
+                    bound: Some(vip),
+                    members,
+                });
+            }
+            for &ip in svc.external_ips.iter().filter(family) {
+                let s = vs(ip, port.port, " external IP", &external);
+                let key = s.service.key;
+                let kind = if svc.external_policy_local {
+                    SetKind::ExternalIpLocal
+                } else {
+                    SetKind::ExternalIp
+                };
+                let mut members = loopback.clone();
+                members.push((SetId::of(kind, ip), Member::service(&key)));
+                plan.virtual_services.push(placed(s, members, node));
+            }
+            for &ip in svc.load_balancer_ips.iter().filter(family) {
+                let s = vs(ip, port.port, " load balancer", &external);
+                let key = s.service.key;
+                let entry = Member::service(&key);
+                let mut members = loopback.clone();
+                members.push((SetId::of(SetKind::LoadBalancer, ip), entry));
+                if svc.external_policy_local {
+                    members.push((SetId::of(SetKind::LoadBalancerLocal, ip), entry));
+                }
+                let ranges: Vec<_> = svc
+                    .load_balancer_source_ranges
+                    .iter()
+                    .filter(|n| n.ip().is_ipv4() == v4)
+                    .collect();
+                // A zero-length range means every source: no filter at all (kube-proxy's rule).
+                if !ranges.is_empty() && !ranges.iter().any(|n| n.prefix() == 0) {
+                    members.push((SetId::of(SetKind::LoadBalancerFw, ip), entry));
+                    for net in &ranges {
+                        members.push((
+                            SetId::of(SetKind::LoadBalancerSourceCidr, ip),
+                            Member::IpPortNet {
+                                ip,
+                                protocol: port.protocol,
+                                port: port.port,
+                                net: **net,
+                            },
+                        ));
+                    }
+                    let node_allowed = node
+                        .ips
+                        .iter()
+                        .any(|n| ranges.iter().any(|r| r.contains(*n)));
+                    if node_allowed {
+                        members.push((
+                            SetId::of(SetKind::LoadBalancerSourceIp, ip),
+                            Member::IpPortIp {
+                                ip,
+                                protocol: port.protocol,
+                                port: port.port,
+                                ip2: ip,
+                            },
+                        ));
+                    } else {
+                        members.push((SetId::of(SetKind::LoadBalancerNoNode, ip), entry));
+                    }
+                }
+                plan.virtual_services.push(placed(s, members, node));
+            }
+            if let Some(np) = port.node_port {
+                for &ip in node
+                    .nodeport_addresses
+                    .iter()
+                    .filter(|ip| ip.is_ipv4() == v4)
+                {
+                    let s = vs(ip, np, " node port", &external);
+                    let key = s.service.key;
+                    let mut members = loopback.clone();
+                    members.push((SetId::of(SetKind::Owned, ip), Member::service(&key)));
+                    members.extend(node_port_members(
+                        port.protocol,
+                        ip,
+                        np,
+                        svc.external_policy_local,
+                    ));
+                    plan.virtual_services.push(VsPlan {
+                        service: s,
+                        bound: None,
+                        members,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(hc) = svc.health_check_node_port {
+        plan.members
+            .push((SetId::ports(SetKind::HealthCheckNodePort), Member::Port(hc)));
+        plan.health = Some((hc, local_ready.len()));
+    }
+    Some(plan)
 }
 
-/// Endpoints of one Service port from its EndpointSlices: the ready ones, or, when none is ready,
-/// the serving ones that are terminating (Kubernetes' fallback so traffic is not dropped).
-fn slice_endpoints(
+/// A virtual service on an external or load-balancer IP: on the dummy device, unless the
+/// address is the node's own (then it is marked ours in the `OWNED` set instead).
+fn placed(service: DesiredService, mut members: Vec<(SetId, Member)>, node: &NodeView) -> VsPlan {
+    let key = service.service.key;
+    let bound = if node.addresses.contains(&key.addr) {
+        members.push((SetId::of(SetKind::Owned, key.addr), Member::service(&key)));
+        None
+    } else {
+        members.push((
+            SetId::of(SetKind::VipAddresses, key.addr),
+            Member::Ip(key.addr),
+        ));
+        Some(key.addr)
+    };
+    VsPlan {
+        service,
+        bound,
+        members,
+    }
+}
+
+/// The node-port set members of one node port: a port bitmap per protocol for TCP and UDP, and
+/// `nodeip,sctp:port` for SCTP; the `LOCAL` sets too for `externalTrafficPolicy: Local`.
+fn node_port_members(
+    protocol: Protocol,
+    ip: IpAddr,
+    port: u16,
+    local: bool,
+) -> Vec<(SetId, Member)> {
+    let (all, only_local) = match protocol {
+        Protocol::Tcp => (SetKind::NodePortTcp, SetKind::NodePortLocalTcp),
+        Protocol::Udp => (SetKind::NodePortUdp, SetKind::NodePortLocalUdp),
+        Protocol::Sctp => (SetKind::NodePortSctp, SetKind::NodePortLocalSctp),
+    };
+    let member = if protocol == Protocol::Sctp {
+        Member::IpPort { ip, protocol, port }
+    } else {
+        Member::Port(port)
+    };
+    let set = |kind| {
+        if protocol == Protocol::Sctp {
+            SetId::of(kind, ip)
+        } else {
+            SetId::ports(kind)
+        }
+    };
+    let mut out = vec![(set(all), member)];
+    if local {
+        out.push((set(only_local), member));
+    }
+    out
+}
+
+/// The endpoints of one Service port and family from its EndpointSlices. An address listed
+/// twice (two slices during a controller's update) counts once, ready if either says so.
+fn slice_candidates(
     slices: &[&EndpointSlice],
     port: &ServicePort,
     v4: bool,
-) -> BTreeSet<SocketAddr> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
+    node: &NodeView,
+    source: SourceId,
+) -> Vec<Candidate> {
+    let mut by_addr: BTreeMap<SocketAddr, Candidate> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.ipv6 != v4) {
         let Some(sp) = slice
             .ports
@@ -113,238 +323,164 @@ fn slice_endpoints(
             continue;
         };
         for ep in &slice.endpoints {
-            let into = if ep.ready {
-                &mut ready
-            } else if ep.serving && ep.terminating {
-                &mut terminating
-            } else {
-                continue;
+            // An endpoint without a node is local only for a Service from this node's files
+            // (their slices are written for this node); the API's are local by `nodeName`.
+            let local = match &ep.node_name {
+                Some(n) => *n == node.name,
+                None => source != SourceId::Api,
             };
             for addr in &ep.addresses {
-                into.insert(SocketAddr::new(*addr, sp.port));
+                let c = Candidate {
+                    addr: SocketAddr::new(*addr, sp.port),
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
+                    local,
+                    zone_hints: ep.zone_hints.clone(),
+                    node_hints: ep.node_hints.clone(),
+                };
+                by_addr
+                    .entry(c.addr)
+                    .and_modify(|old| {
+                        if c.ready && !old.ready {
+                            *old = c.clone();
+                        }
+                    })
+                    .or_insert(c);
             }
         }
     }
-    if ready.is_empty() {
-        terminating
-    } else {
-        ready
-    }
+    by_addr.into_values().collect()
 }
 
-/// Endpoints of one Service port from the pods cni-bridge attached whose labels match.
-fn pod_endpoints(
+/// The endpoints of one Service port and family from the pods cni-bridge attached whose labels
+/// match (ready, local).
+fn pod_candidates(
     svc: &Service,
     store: &Store,
     port: &ServicePort,
     v4: bool,
-    origin: &str,
-) -> BTreeSet<SocketAddr> {
+    name: &NamespacedName,
+) -> Vec<Candidate> {
     let Some(selector) = &svc.selector else {
-        return BTreeSet::new();
+        return Vec::new();
     };
     let selected = store.pods_matching(&svc.namespace, selector);
     let target = match &port.target_port {
         TargetPort::Number(n) => *n,
-        TargetPort::Named(name) => {
+        TargetPort::Named(t) => {
             if !selected.is_empty() {
                 log::warn!(
-                    "{origin}: targetPort {name:?} is a port name, which pods from attachment \
-                     records cannot resolve (they do not list container ports); give an \
-                     EndpointSlice or a port number"
+                    "{name} port {}/{}: targetPort {t:?} is a port name, which pods from \
+                     attachment records cannot resolve (they do not list container ports); give \
+                     an EndpointSlice or a port number",
+                    port.port,
+                    port.protocol.as_str().to_uppercase()
                 );
             }
-            return BTreeSet::new();
+            return Vec::new();
         }
     };
-    selected
+    let addrs: BTreeSet<SocketAddr> = selected
         .iter()
         .flat_map(|p| p.addresses.iter())
         .filter(|a| a.is_ipv4() == v4)
         .map(|a| SocketAddr::new(*a, target))
+        .collect();
+    addrs
+        .into_iter()
+        .map(|addr| Candidate {
+            addr,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local: true,
+            zone_hints: Vec::new(),
+            node_hints: Vec::new(),
+        })
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::parse;
-    use crate::objects::{Object, Pod};
-    use crate::store::Delta;
-    use crate::validate::Filter;
-
-    /// A store holding `yaml`'s objects from `source`, and `pods` from records.
-    fn store(yaml: &str, source: SourceId, pods: &[Pod]) -> Store {
-        let mut st = Store::new("n1");
-        for o in parse("t.yaml", yaml, false, &Filter::default()).unwrap() {
-            st.apply(source, Delta::Apply(o));
-        }
-        for p in pods {
-            st.apply(SourceId::Records, Delta::Apply(Object::Pod(p.clone())));
-        }
-        st
-    }
-
-    fn run(yaml: &str, pods: &[Pod]) -> (Desired, Vec<String>) {
-        let st = store(yaml, SourceId::Files, pods);
-        let names: Vec<NamespacedName> = st.service_names().cloned().collect();
-        build(&names, &st, "rr")
-    }
-
-    fn pod(ns: &str, name: &str, ip: &str, labels: &[(&str, &str)]) -> Pod {
-        Pod {
-            namespace: ns.into(),
-            name: name.into(),
-            addresses: vec![ip.parse().unwrap()],
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    fn eps(d: &Desired, key: &str) -> Vec<String> {
-        let (addr, rest) = key.rsplit_once(' ').unwrap();
-        let (port, proto) = rest.split_once('/').unwrap();
-        let k = ServiceKey {
-            addr: addr.parse().unwrap(),
-            port: port.parse().unwrap(),
-            protocol: proto.parse().unwrap(),
-        };
-        d.services[&k]
-            .endpoints
+/// kube-proxy's `CategorizeEndpoints`: the cluster endpoints (ready ones the topology hints
+/// allow; else the serving terminating ones) and the local endpoints (local ready ones; else
+/// local serving terminating ones), each only when the traffic policies use them.
+fn categorize(
+    eps: &[Candidate],
+    uses_cluster: bool,
+    uses_local: bool,
+    node: &NodeView,
+) -> (BTreeSet<SocketAddr>, BTreeSet<SocketAddr>) {
+    let mut cluster = BTreeSet::new();
+    if uses_cluster {
+        let mode = topology_mode(eps, node);
+        cluster = eps
             .iter()
-            .map(|e| e.to_string())
-            .collect()
-    }
-
-    const SCENARIO: &str = include_str!("../../conf/services/app-service.yaml");
-
-    #[test]
-    fn selector_takes_matching_pods_of_the_same_namespace() {
-        let pods = [
-            pod("default", "p1", "10.0.0.11", &[("component", "app")]),
-            pod(
-                "default",
-                "p2",
-                "10.0.0.21",
-                &[("component", "app"), ("tier", "x")],
-            ),
-            pod("other", "p3", "10.0.0.31", &[("component", "app")]),
-            pod("default", "p4", "10.0.0.41", &[("component", "db")]),
-        ];
-        let (d, conflicts) = run(SCENARIO, &pods);
-        assert!(conflicts.is_empty());
-        assert_eq!(
-            eps(&d, "10.100.100.100 8080/tcp"),
-            vec!["10.0.0.11:8080", "10.0.0.21:8080"]
-        );
-        assert_eq!(
-            d.loopback.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-            vec![
-                "10.0.0.11,tcp:8080,10.0.0.11",
-                "10.0.0.21,tcp:8080,10.0.0.21"
-            ]
-        );
-        assert_eq!(d.services.values().next().unwrap().service.scheduler, "rr");
-    }
-
-    /// Records stand in for EndpointSlices only for Services from files: the API's
-    /// EndpointSlice controller speaks for the API's Services.
-    #[test]
-    fn pods_from_records_never_feed_a_service_from_the_api() {
-        let pods = [pod("default", "p1", "10.0.0.11", &[("component", "app")])];
-        let st = store(SCENARIO, SourceId::Api, &pods);
-        let names: Vec<NamespacedName> = st.service_names().cloned().collect();
-        let (d, _) = build(&names, &st, "rr");
-        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), Vec::<String>::new());
-    }
-
-    /// A named targetPort is fine with EndpointSlices (they carry the port); pods from records
-    /// cannot resolve it, so that port gets no endpoints from them (and a warning).
-    #[test]
-    fn a_named_target_port_needs_an_endpoint_slice() {
-        let named = SCENARIO.replace("targetPort: 8080", "targetPort: web");
-        assert_ne!(named, SCENARIO, "the scenario names its targetPort");
-        let pods = [pod("default", "p1", "10.0.0.11", &[("component", "app")])];
-        let (d, _) = run(&named, &pods);
-        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), Vec::<String>::new());
-        let with_slice = format!(
-            "{named}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a1, labels: {{kubernetes.io/service-name: app-service}}}}\naddressType: IPv4\nports: [{{port: 9376}}]\nendpoints: [{{addresses: [10.0.0.11]}}]\n"
-        );
-        let (d, _) = run(&with_slice, &pods);
-        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.0.0.11:9376"]);
-    }
-
-    #[test]
-    fn endpoint_slices_win_over_pods_and_fall_back_to_terminating() {
-        let yaml = format!(
-            "{SCENARIO}---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: a1, labels: {{kubernetes.io/service-name: app-service}}}}
-addressType: IPv4
-ports: [{{port: 9090}}]
-endpoints:
-- {{addresses: [10.1.0.1]}}
-- {{addresses: [10.1.0.2], conditions: {{ready: false, serving: true, terminating: true}}}}
-- {{addresses: [10.1.0.3], conditions: {{ready: false, serving: false}}}}
-"
-        );
-        let pods = [pod("default", "p1", "10.0.0.11", &[("component", "app")])];
-        let (d, _) = run(&yaml, &pods);
-        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.1.0.1:9090"]);
-
-        let only_terminating = yaml.replace("- {addresses: [10.1.0.1]}\n", "");
-        let (d, _) = run(&only_terminating, &pods);
-        assert_eq!(eps(&d, "10.100.100.100 8080/tcp"), vec!["10.1.0.2:9090"]);
-    }
-
-    #[test]
-    fn cluster_and_external_ips_get_every_port_and_family_matched_endpoints() {
-        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, annotations: {svc-proxy/scheduler: sh}}\nspec:\n  clusterIPs: [10.96.0.5, \"fd00::5\"]\n  externalIPs: [192.0.2.5]\n  selector: {app: s}\n  sessionAffinity: ClientIP\n  ports: [{name: a, port: 80, targetPort: 8080}, {name: b, port: 53, protocol: UDP}]\n";
-        let mut p = pod("default", "p1", "10.0.0.11", &[("app", "s")]);
-        p.addresses.push("fd00::11".parse().unwrap());
-        let (d, _) = run(yaml, &[p]);
-        assert_eq!(d.services.len(), 6);
-        assert_eq!(eps(&d, "fd00::5 80/tcp"), vec!["[fd00::11]:8080"]);
-        assert_eq!(eps(&d, "192.0.2.5 53/udp"), vec!["10.0.0.11:53"]);
-        assert!(d
-            .services
-            .values()
-            .all(|s| s.service.scheduler == "sh" && s.service.persistence == Some(10800)));
-        // One loop-back entry per endpoint and protocol:port, in the set of its family.
-        let entries: Vec<(String, &str)> = d
-            .loopback
-            .iter()
-            .map(|e| (e.to_string(), e.set()))
+            .filter(|e| e.ready && available(e, mode, node))
+            .map(|e| e.addr)
             .collect();
-        assert_eq!(
-            entries,
-            vec![
-                ("10.0.0.11,tcp:8080,10.0.0.11".into(), "SVCPROXY-LOOP-BACK"),
-                ("10.0.0.11,udp:53,10.0.0.11".into(), "SVCPROXY-LOOP-BACK"),
-                ("fd00::11,tcp:8080,fd00::11".into(), "SVCPROXY-6-LOOP-BACK"),
-                ("fd00::11,udp:53,fd00::11".into(), "SVCPROXY-6-LOOP-BACK"),
-            ]
-        );
+        if cluster.is_empty() {
+            cluster = eps
+                .iter()
+                .filter(|e| e.serving && e.terminating)
+                .map(|e| e.addr)
+                .collect();
+        }
     }
+    let mut local = BTreeSet::new();
+    if uses_local {
+        local = eps
+            .iter()
+            .filter(|e| e.local && e.ready)
+            .map(|e| e.addr)
+            .collect();
+        if local.is_empty() {
+            local = eps
+                .iter()
+                .filter(|e| e.local && e.serving && e.terminating)
+                .map(|e| e.addr)
+                .collect();
+        }
+    }
+    (cluster, local)
+}
 
-    #[test]
-    fn a_vip_port_claimed_twice_goes_to_the_first_service() {
-        let yaml = format!(
-            "{SCENARIO}---\n{}",
-            SCENARIO.replace("name: app-service", "name: aaa")
-        );
-        let (d, conflicts) = run(&yaml, &[]);
-        assert_eq!(d.services.len(), 1);
-        assert_eq!(
-            d.services.values().next().unwrap().origin,
-            "default/aaa port 8080/TCP"
-        );
-        assert_eq!(
-            conflicts,
-            vec!["default/app-service port 8080/TCP: 10.100.100.100:8080/tcp is already used by default/aaa port 8080/TCP; skipped"]
-        );
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    Any,
+    SameNode,
+    SameZone,
+}
+
+/// Which topology the hints ask for: same node when every ready endpoint has node hints and
+/// one names this node; else same zone when every ready endpoint has zone hints and one names
+/// this node's zone; else none.
+fn topology_mode(eps: &[Candidate], node: &NodeView) -> Topology {
+    let ready: Vec<&Candidate> = eps.iter().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return Topology::Any;
+    }
+    if ready.iter().all(|e| !e.node_hints.is_empty())
+        && ready.iter().any(|e| e.node_hints.contains(&node.name))
+    {
+        return Topology::SameNode;
+    }
+    if let Some(zone) = &node.zone {
+        if ready.iter().all(|e| !e.zone_hints.is_empty())
+            && ready.iter().any(|e| e.zone_hints.contains(zone))
+        {
+            return Topology::SameZone;
+        }
+    }
+    Topology::Any
+}
+
+fn available(e: &Candidate, mode: Topology, node: &NodeView) -> bool {
+    match mode {
+        Topology::Any => true,
+        Topology::SameNode => e.node_hints.contains(&node.name),
+        Topology::SameZone => node.zone.as_ref().is_some_and(|z| e.zone_hints.contains(z)),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,44 +1,38 @@
-//! The real dataplane over `nodenet`: the dummy device and its addresses (rtnetlink), virtual
-//! services (IPVS generic netlink, pipelined), the loop-back sets (ipset nfnetlink, pipelined),
-//! the one nat rule per family (`iptables`/`ip6tables`, checked per resync) and the sysctls.
+//! The real dataplane over `nodenet`: the dummy device and its addresses, the node's addresses
+//! and the pod routes (rtnetlink), virtual services (IPVS generic netlink, pipelined), the sets
+//! (ipset nfnetlink, pipelined), stale UDP conntrack entries (ctnetlink), the constant iptables
+//! rules of each family (checked at each resync on a thread of their own) and the sysctls.
 
 use crate::dataplane::{Dataplane, DataplaneError, Result};
 use crate::model::{
-    loopback_set, LoopbackEntry, Observed, ObservedDest, ObservedService, ServiceKey,
-    VirtualService, POSTROUTING_CHAIN,
+    Desired, Member, Observed, ObservedDest, ObservedService, PodRoute, ServiceKey, SetId, SetKind,
+    SetShape, VirtualService,
 };
 use crate::plan::Op;
+use crate::rules::{self, RuleOptions};
 use ipnetwork::IpNetwork;
-use nodenet::ipset::{self, Entry, Ipset, SetSpec, SetType};
+use nodenet::conntrack::{self, Conntrack};
+use nodenet::ipset::{Entry, Ipset, SetSpec, SetType};
+use nodenet::iptables::Iptables;
 use nodenet::ipvs::{self, Destination, Forward, Ipvs};
-use nodenet::link::Rtnl;
-use nodenet::masquerade::MasqueradeRules;
+use nodenet::link::{Route, Rtnl};
+use nodenet::ruleset::Ruleset;
 use nodenet::sysctl::{self, SysctlError};
-use nodenet::Family;
+use nodenet::{Family, Protocol};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Default name of the dummy device holding the VIPs (`--dummy`).
 pub const DEFAULT_DUMMY: &str = "svcproxy0";
-/// Room for 10,000 services x 5 endpoints many times over; the kernel default (65536) is tight.
-const LOOPBACK_MAXELEM: u32 = 1 << 20;
-/// The one rule in [`POSTROUTING_CHAIN`] (masquerade a pod reaching itself through a VIP,
-/// `-m set --match-set SET dst,dst,src -j MASQUERADE`) and the plain jump to it from POSTROUTING.
-fn loopback_rules(v6: bool) -> MasqueradeRules {
-    MasqueradeRules {
-        family: if v6 { Family::V6 } else { Family::V4 },
-        set: loopback_set(v6).to_string(),
-        set_flags: "dst,dst,src",
-        chain: POSTROUTING_CHAIN.to_string(),
-        from: "POSTROUTING",
-        jump_matches_set: false,
-        comment: None,
-        exempt: Vec::new(),
-        except: None,
-        rules_match_set: true,
-    }
-}
-/// Sysctls the scenario needs, always (kube-proxy's IPVS-mode settings).
+/// The route protocol number that marks svc-proxy's pod routes (`ip route ... proto 201`).
+pub const ROUTE_PROTOCOL: u8 = 201;
+/// Room for 10,000 services x 5 endpoints many times over; the kernel default (65536) is tight
+/// (kubernetes#129389).
+const SET_MAXELEM: u32 = 1 << 20;
+/// Every resync proves the rules by the sets' reference counts (no exec); every this many, they
+/// are also read back with `iptables-save` (a deleted jump changes no reference count).
+const RULES_READ_EVERY: u32 = 10;
+/// Sysctls IPVS mode needs, always (kube-proxy's).
 const SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.vs.conntrack", "1"),
     ("net.ipv4.vs.expire_nodest_conn", "1"),
@@ -47,27 +41,49 @@ const SYSCTLS: &[(&str, &str)] = &[
 ];
 /// The same once IPv6 is in use.
 const SYSCTLS6: &[(&str, &str)] = &[("net.ipv6.conf.all.forwarding", "1")];
+/// `--ipvs-strict-arp`: a node answers ARP only for addresses on the receiving interface (not
+/// the dummy's VIPs), which MetalLB's layer-2 mode needs.
+const STRICT_ARP: &[(&str, &str)] = &[
+    ("net.ipv4.conf.all.arp_ignore", "1"),
+    ("net.ipv4.conf.all.arp_announce", "2"),
+];
 const BRIDGE_NF_CALL_IPTABLES: &str = "net.bridge.bridge-nf-call-iptables";
 const BRIDGE_NF_CALL_IP6TABLES: &str = "net.bridge.bridge-nf-call-ip6tables";
+
+/// How the kernel is set up besides what the planner asks.
+#[derive(Debug, Clone, Default)]
+pub struct KernelOptions {
+    pub rules: RuleOptions,
+    /// `--ipvs-strict-arp`.
+    pub strict_arp: bool,
+    /// `--ipvs-{tcp,tcpfin,udp}-timeout` in seconds (0 keeps the kernel's), set once at start.
+    pub timeouts: Option<ipvs::Timeouts>,
+}
 
 /// Kernel state in the calling thread's network namespace.
 pub struct Kernel {
     dummy: String,
-    /// Drives the rtnetlink connection; every address call blocks on it.
+    opts: KernelOptions,
+    /// Drives the rtnetlink connection; every address and route call blocks on it.
     rt: tokio::runtime::Runtime,
     rtnl: Rtnl,
     /// `None` only for `cleanup` on a kernel without IPVS.
     ipvs: Option<Ipvs>,
     ipset: Ipset,
-    /// IPv6 loop-back in use (an IPv6 endpoint was applied, or its set was found): its set,
-    /// rule and sysctls are ensured along with the IPv4 ones.
+    /// IPv6 in use (an IPv6 member was applied, or an IPv6 set was found): its sets, rules and
+    /// sysctls are ensured along with the IPv4 ones.
     v6: bool,
     /// Index of the dummy device once ensured or found.
     dummy_index: Option<u32>,
     /// The missing-`br_netfilter` warning is logged once.
     warned_bridge: bool,
-    /// The running iptables check of each family (IPv4, IPv6), if any.
+    /// The running rules check of each family (IPv4, IPv6), if any.
     rules_check: [Option<std::thread::JoinHandle<()>>; 2],
+    /// Resyncs since the rules were last read back.
+    since_read: [u32; 2],
+    /// Reference counts of our sets at the last dump, to prove the rules without exec.
+    references: BTreeMap<SetId, u32>,
+    timeouts_set: bool,
 }
 
 impl Drop for Kernel {
@@ -83,10 +99,50 @@ fn err(context: impl std::fmt::Display) -> impl FnOnce(&dyn std::fmt::Display) -
     move |e| DataplaneError::new(context, e)
 }
 
+fn family(v6: bool) -> Family {
+    if v6 {
+        Family::V6
+    } else {
+        Family::V4
+    }
+}
+
+/// The ipset spec of one of our sets.
+pub fn spec(set: SetId) -> SetSpec {
+    let name = set.name();
+    let kind = match set.kind.shape() {
+        SetShape::IpPortIp => SetType::HashIpPortIp,
+        SetShape::IpPort => SetType::HashIpPort,
+        SetShape::IpPortNet => SetType::HashIpPortNet,
+        SetShape::Ip => SetType::HashIp,
+        SetShape::Port => return SetSpec::port_bitmap(name, 0..=65535),
+    };
+    let mut s = SetSpec::new(name, kind, family(set.v6));
+    s.maxelem = Some(SET_MAXELEM);
+    s
+}
+
+/// The sets one family's rules use, and how many rules reference each (the kernel's count when
+/// every rule is in place).
+pub fn expected_references(ruleset: &Ruleset, v6: bool) -> BTreeMap<SetId, u32> {
+    let mut out = BTreeMap::new();
+    for set in SetId::family(v6) {
+        let name = format!(" {} ", set.name());
+        let n = ruleset
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .filter(|r| r.contains(&name))
+            .count() as u32;
+        out.insert(set, n);
+    }
+    out
+}
+
 impl Kernel {
     /// Opens the sockets; fails when the kernel has no IPVS.
-    pub fn open(dummy: &str) -> Result<Kernel> {
-        let k = Self::open_any(dummy)?;
+    pub fn open(dummy: &str, opts: KernelOptions) -> Result<Kernel> {
+        let k = Self::open_any(dummy, opts)?;
         if k.ipvs.is_none() {
             return Err(DataplaneError(ipvs::Error::NotAvailable.to_string()));
         }
@@ -95,10 +151,10 @@ impl Kernel {
 
     /// Opens the sockets, tolerating a kernel without IPVS (there is nothing of ours in it then).
     pub fn open_for_cleanup(dummy: &str) -> Result<Kernel> {
-        Self::open_any(dummy)
+        Self::open_any(dummy, KernelOptions::default())
     }
 
-    fn open_any(dummy: &str) -> Result<Kernel> {
+    fn open_any(dummy: &str, opts: KernelOptions) -> Result<Kernel> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -114,6 +170,7 @@ impl Kernel {
         let ipset = Ipset::open().map_err(|e| err("ipset")(&e))?;
         Ok(Kernel {
             dummy: dummy.to_string(),
+            opts,
             rt,
             rtnl,
             ipvs,
@@ -122,6 +179,9 @@ impl Kernel {
             dummy_index: None,
             warned_bridge: false,
             rules_check: [None, None],
+            since_read: [RULES_READ_EVERY; 2],
+            references: BTreeMap::new(),
+            timeouts_set: false,
         })
     }
 
@@ -140,29 +200,17 @@ impl Kernel {
         Ok(self.dummy_index)
     }
 
-    fn dummy_addresses(&mut self) -> Result<BTreeSet<IpAddr>> {
-        let Some(index) = self.find_dummy()? else {
-            return Ok(BTreeSet::new());
-        };
-        let nets = self
-            .rt
-            .block_on(self.rtnl.addresses(index))
-            .map_err(|e| err(format!("addresses of {}", self.dummy))(&e))?;
-        Ok(nets
-            .iter()
-            .map(|n| n.ip())
-            .filter(|ip| !is_link_local(ip))
-            .collect())
-    }
-
-    /// The families whose loop-back state is ensured (`true` = IPv6): IPv4 always, IPv6 once
-    /// in use.
+    /// The families whose state is ensured (`true` = IPv6): IPv4 always, IPv6 once in use.
     fn families(&self) -> &'static [bool] {
         if self.v6 {
             &[false, true]
         } else {
             &[false]
         }
+    }
+
+    fn ruleset(&self, v6: bool) -> Ruleset {
+        rules::ruleset(v6, &self.opts.rules)
     }
 
     /// The sysctls one family needs.
@@ -183,6 +231,11 @@ impl Kernel {
         } else {
             for (key, value) in SYSCTLS {
                 set(key, value);
+            }
+            if self.opts.strict_arp {
+                for (key, value) in STRICT_ARP {
+                    set(key, value);
+                }
             }
             match sysctl::read("kernel.osrelease") {
                 Ok(release) if needs_conn_reuse_mode_0(&release) => {
@@ -220,54 +273,151 @@ impl Kernel {
         first.map_or(Ok(()), Err)
     }
 
-    /// Creates the loop-back set of one family unless it exists.
-    fn ensure_set(&mut self, v6: bool) -> Result<()> {
-        let name = loopback_set(v6);
-        let family = if v6 { Family::V6 } else { Family::V4 };
-        let mut spec = SetSpec::new(name, SetType::HashIpPortIp, family);
-        spec.maxelem = Some(LOOPBACK_MAXELEM);
-        if self
-            .ipset
-            .create(&spec)
-            .map_err(|e| err("loop-back set")(&e))?
-        {
-            log::info!(
-                "created ipset {name} (hash:ip,port,ip, {})",
-                family.as_str()
-            );
+    /// Creates the sets of one family unless they exist.
+    fn ensure_sets(&mut self, v6: bool) -> Result<()> {
+        let mut first = None;
+        for set in SetId::family(v6) {
+            match self.ipset.create(&spec(set)) {
+                Ok(true) => log::info!("created ipset {set}"),
+                Ok(false) => {}
+                Err(e) => {
+                    log::error!("ipset {set}: {e}");
+                    first.get_or_insert(err(format!("ipset {set}"))(&e));
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
-    /// Turns IPv6 loop-back on: its set, rule and sysctls, now and at every resync.
+    /// Turns IPv6 on: its sets, rules and sysctls, now and at every resync.
     fn enable_v6(&mut self) -> Result<()> {
         if self.v6 {
             return Ok(());
         }
-        self.ensure_set(true)?;
+        self.ensure_sets(true)?;
         self.v6 = true;
-        log::info!("IPv6 endpoints: ensuring the IPv6 loop-back set, rule and sysctls too");
-        self.check_rules(true);
+        log::info!("IPv6 in use: ensuring the IPv6 sets, rules and sysctls too");
+        self.check_rules(true, true);
         if let Err(e) = self.ensure_sysctls(true) {
             log::error!("{e}");
         }
         Ok(())
     }
 
-    /// Starts a check of one family's iptables rules on a thread of its own unless one is
-    /// running: each check execs iptables a few times, which must not hold up the reconcile loop.
-    fn check_rules(&mut self, v6: bool) {
-        let slot = &mut self.rules_check[usize::from(v6)];
+    /// Starts a check of one family's rules on a thread of its own unless one is running: it
+    /// execs iptables, which must not hold up the reconcile loop. With `read`, the rules are
+    /// read back (`iptables-save`) and repaired; else they are taken as proven by the sets'
+    /// reference counts unless those differ from what the rules make.
+    fn check_rules(&mut self, v6: bool, read: bool) {
+        let i = usize::from(v6);
+        let ruleset = self.ruleset(v6);
+        let proven = expected_references(&ruleset, v6)
+            .iter()
+            .all(|(set, n)| self.references.get(set) == Some(n));
+        self.since_read[i] += 1;
+        if proven && !read && self.since_read[i] < RULES_READ_EVERY {
+            return;
+        }
+        let slot = &mut self.rules_check[i];
         if let Some(h) = slot.take_if(|h| h.is_finished()) {
             let _ = h.join();
         }
-        if slot.is_none() {
-            *slot = Some(std::thread::spawn(move || {
-                if let Err(e) = ensure_rules(&loopback_rules(v6)) {
-                    log::error!("{e}");
-                }
-            }));
+        if slot.is_some() {
+            return;
         }
+        self.since_read[i] = 0;
+        let ipt = Iptables::new(family(v6));
+        *slot = Some(std::thread::spawn(move || match ruleset.ensure(&ipt) {
+            Ok(tables) if tables.is_empty() => {}
+            Ok(tables) => log::info!(
+                "{}: wrote svc-proxy's rules in table(s) {}",
+                ipt.command(),
+                tables.join(", ")
+            ),
+            Err(e) => log::error!("{}: {e}", ipt.command()),
+        }));
+    }
+
+    fn dummy_addresses(&mut self) -> Result<BTreeSet<IpAddr>> {
+        let Some(index) = self.find_dummy()? else {
+            return Ok(BTreeSet::new());
+        };
+        let nets = self
+            .rt
+            .block_on(self.rtnl.addresses(index))
+            .map_err(|e| err(format!("addresses of {}", self.dummy))(&e))?;
+        Ok(nets
+            .iter()
+            .map(|n| n.ip())
+            .filter(|ip| !is_link_local(ip))
+            .collect())
+    }
+
+    /// The node's addresses and their networks, on every device but the dummy, without
+    /// loopback and IPv6 link-local ones.
+    fn node_addresses(&mut self) -> Result<(BTreeSet<IpAddr>, BTreeSet<IpNetwork>)> {
+        let all = self
+            .rt
+            .block_on(self.rtnl.all_addresses(self.dummy_index))
+            .map_err(|e| err("node addresses")(&e))?;
+        let mut ips = BTreeSet::new();
+        let mut nets = BTreeSet::new();
+        for (_, n) in all {
+            if n.ip().is_loopback() || is_link_local(&n.ip()) {
+                continue;
+            }
+            ips.insert(n.ip());
+            nets.insert(n);
+        }
+        Ok((ips, nets))
+    }
+
+    /// Our pod routes (those with [`ROUTE_PROTOCOL`]).
+    fn pod_routes(&mut self) -> Result<BTreeSet<PodRoute>> {
+        let mut out = BTreeSet::new();
+        for &v6 in self.families() {
+            let routes = self
+                .rt
+                .block_on(self.rtnl.routes(family(v6)))
+                .map_err(|e| err("routes")(&e))?;
+            for r in routes.into_iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                if let Some(via) = r.gateway {
+                    out.insert(PodRoute { dst: r.dst, via });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lists our sets of the families in use, and books their reference counts.
+    fn observe_sets(&mut self) -> Result<BTreeMap<SetId, BTreeSet<Member>>> {
+        let mut out = BTreeMap::new();
+        if !self.v6
+            && self
+                .ipset
+                .header(&SetId::of(SetKind::LoopBack, "::".parse().expect("an address")).name())
+                .map_err(|e| err("ipset")(&e))?
+                .is_some()
+        {
+            // Adopted from an earlier run: keep its rules and sysctls ensured too.
+            self.enable_v6()?;
+        }
+        self.references.clear();
+        for &v6 in self.families() {
+            for set in SetId::family(v6) {
+                let listed = self
+                    .ipset
+                    .list_with_info(&set.name())
+                    .map_err(|e| err(format!("listing ipset {set}"))(&e))?;
+                let Some((info, entries)) = listed else {
+                    continue;
+                };
+                self.references.insert(set, info.references);
+                let members = entries.iter().filter_map(from_entry).collect();
+                out.insert(set, members);
+            }
+        }
+        Ok(out)
     }
 
     fn apply_addresses(&mut self, ops: &[Op]) -> Vec<Result<()>> {
@@ -293,6 +443,30 @@ impl Kernel {
         self.rt.block_on(futures::future::join_all(futures))
     }
 
+    fn apply_routes(&mut self, ops: &[Op]) -> Vec<Result<()>> {
+        let rtnl = &self.rtnl;
+        let futures = ops.iter().map(|op| async move {
+            let (r, add) = match op {
+                Op::AddRoute(r) => (r, true),
+                Op::DelRoute(r) => (r, false),
+                _ => unreachable!("only route operations are batched here"),
+            };
+            let route = Route {
+                dst: IpNetwork::new(r.dst.network(), r.dst.prefix()).unwrap_or(r.dst),
+                gateway: Some(r.via),
+                oif: None,
+                protocol: ROUTE_PROTOCOL,
+            };
+            let done = if add {
+                rtnl.replace_route(&route).await
+            } else {
+                rtnl.del_route(&route).await.map(|_| ())
+            };
+            done.map_err(|e| DataplaneError::new(op, e))
+        });
+        self.rt.block_on(futures::future::join_all(futures))
+    }
+
     fn apply_ipvs(&mut self, ops: &[Op]) -> Vec<Result<()>> {
         let ipvs = match self.ipvs() {
             Ok(i) => i,
@@ -305,44 +479,44 @@ impl Kernel {
             .collect()
     }
 
-    /// One batch per set and direction (adds and deletes of IPv4 and of IPv6 entries).
-    fn apply_loopback(&mut self, ops: &[Op]) -> Vec<Result<()>> {
-        let entry = |op: &Op| match op {
-            Op::AddLoopback(e) => (true, *e),
-            Op::DelLoopback(e) => (false, *e),
-            _ => unreachable!("only loop-back operations are batched here"),
+    /// One batch per set and direction.
+    fn apply_members(&mut self, ops: &[Op]) -> Vec<Result<()>> {
+        let member = |op: &Op| match op {
+            Op::AddMember { set, member } => (*set, true, *member),
+            Op::DelMember { set, member } => (*set, false, *member),
+            _ => unreachable!("only set operations are batched here"),
         };
-        let mut batches: BTreeMap<(bool, bool), Vec<Entry>> = BTreeMap::new();
+        let mut batches: BTreeMap<(SetId, bool), Vec<Entry>> = BTreeMap::new();
         for op in ops {
-            let (add, e) = entry(op);
-            batches
-                .entry((e.ip.is_ipv6(), add))
-                .or_default()
-                .push(to_entry(&e));
+            let (set, add, m) = member(op);
+            batches.entry((set, add)).or_default().push(to_entry(&m));
         }
         let mut done = BTreeMap::new();
-        for ((v6, add), entries) in &batches {
-            let r = match (v6, add) {
-                (true, true) => self
-                    .enable_v6()
-                    .and_then(|()| ipset_result(self.ipset.add_many(loopback_set(true), entries))),
-                (_, true) => ipset_result(self.ipset.add_many(loopback_set(*v6), entries)),
-                (_, false) => ipset_result(self.ipset.del_many(loopback_set(*v6), entries)),
+        for ((set, add), entries) in &batches {
+            let r = if *add && set.v6 {
+                self.enable_v6()
+            } else {
+                Ok(())
             };
-            done.insert((*v6, *add), r);
+            let r = r.and_then(|()| {
+                let name = set.name();
+                let n = if *add {
+                    self.ipset.add_many(&name, entries)
+                } else {
+                    self.ipset.del_many(&name, entries)
+                };
+                n.map(|_| ()).map_err(|e| DataplaneError(e.to_string()))
+            });
+            done.insert((*set, *add), r);
         }
         // A batch reports its first refusal; every entry of a failed batch is retried.
         ops.iter()
             .map(|op| {
-                let (add, e) = entry(op);
-                done[&(e.ip.is_ipv6(), add)].clone()
+                let (set, add, _) = member(op);
+                done[&(set, add)].clone()
             })
             .collect()
     }
-}
-
-fn ipset_result(r: std::result::Result<usize, ipset::Error>) -> Result<()> {
-    r.map(|_| ()).map_err(|e| DataplaneError(e.to_string()))
 }
 
 /// Which batch an operation goes out in.
@@ -350,13 +524,15 @@ fn ipset_result(r: std::result::Result<usize, ipset::Error>) -> Result<()> {
 enum Batch {
     Address,
     Ipvs,
-    Loopback,
+    Members,
+    Routes,
 }
 
 fn batch(op: &Op) -> Batch {
     match op {
         Op::AddAddress(_) | Op::DelAddress(_) => Batch::Address,
-        Op::AddLoopback(_) | Op::DelLoopback(_) => Batch::Loopback,
+        Op::AddMember { .. } | Op::DelMember { .. } => Batch::Members,
+        Op::AddRoute(_) | Op::DelRoute(_) => Batch::Routes,
         _ => Batch::Ipvs,
     }
 }
@@ -376,7 +552,17 @@ fn from_key(k: &ipvs::ServiceKey) -> ServiceKey {
 fn to_service(s: &VirtualService) -> ipvs::Service {
     let mut out = ipvs::Service::new(to_key(&s.key), s.scheduler.clone());
     out.persistence = s.persistence;
+    out.flags = s.flags;
     out
+}
+
+fn from_service(s: ipvs::Service) -> VirtualService {
+    VirtualService {
+        key: from_key(&s.key),
+        scheduler: s.scheduler,
+        persistence: s.persistence,
+        flags: s.flags,
+    }
 }
 
 fn to_ipvs(op: &Op) -> ipvs::Op {
@@ -401,22 +587,80 @@ fn to_ipvs(op: &Op) -> ipvs::Op {
             Destination::new(dest.ip(), dest.port(), *weight),
         ),
         Op::DelDest { service, dest } => ipvs::Op::DelDest(to_key(service), dest.ip(), dest.port()),
-        Op::AddAddress(_) | Op::DelAddress(_) | Op::AddLoopback(_) | Op::DelLoopback(_) => {
-            unreachable!("not an IPVS operation")
-        }
+        _ => unreachable!("not an IPVS operation"),
     }
 }
 
-fn to_entry(e: &LoopbackEntry) -> Entry {
-    Entry::IpPortIp {
-        ip: e.ip,
-        proto: e.protocol,
-        port: e.port,
-        ip2: e.ip2,
+fn to_entry(m: &Member) -> Entry {
+    match *m {
+        Member::IpPortIp {
+            ip,
+            protocol,
+            port,
+            ip2,
+        } => Entry::IpPortIp {
+            ip,
+            proto: protocol,
+            port,
+            ip2,
+        },
+        Member::IpPort { ip, protocol, port } => Entry::IpPort {
+            ip,
+            proto: protocol,
+            port,
+        },
+        Member::IpPortNet {
+            ip,
+            protocol,
+            port,
+            net,
+        } => Entry::IpPortNet {
+            ip,
+            proto: protocol,
+            port,
+            net,
+        },
+        Member::Port(p) => Entry::Port(p),
+        Member::Ip(ip) => Entry::Ip(ip),
     }
 }
 
-fn observed_dests(dests: Vec<Destination>) -> BTreeMap<std::net::SocketAddr, ObservedDest> {
+fn from_entry(e: &Entry) -> Option<Member> {
+    Some(match *e {
+        Entry::IpPortIp {
+            ip,
+            proto,
+            port,
+            ip2,
+        } => Member::IpPortIp {
+            ip,
+            protocol: proto,
+            port,
+            ip2,
+        },
+        Entry::IpPort { ip, proto, port } => Member::IpPort {
+            ip,
+            protocol: proto,
+            port,
+        },
+        Entry::IpPortNet {
+            ip,
+            proto,
+            port,
+            net,
+        } => Member::IpPortNet {
+            ip,
+            protocol: proto,
+            port,
+            net,
+        },
+        Entry::Port(p) => Member::Port(p),
+        Entry::Ip(ip) => Member::Ip(ip),
+        Entry::Net(_) => return None,
+    })
+}
+
+fn observed_dests(dests: Vec<Destination>) -> BTreeMap<SocketAddr, ObservedDest> {
     dests
         .into_iter()
         .map(|d| {
@@ -426,7 +670,7 @@ fn observed_dests(dests: Vec<Destination>) -> BTreeMap<std::net::SocketAddr, Obs
                 active_conns: d.active_conns,
                 inactive_conns: d.inactive_conns,
             };
-            (std::net::SocketAddr::new(d.addr, d.port), o)
+            (SocketAddr::new(d.addr, d.port), o)
         })
         .collect()
 }
@@ -434,20 +678,6 @@ fn observed_dests(dests: Vec<Destination>) -> BTreeMap<std::net::SocketAddr, Obs
 /// IPv6 link-local addresses: the kernel gives one to every device; they are not VIPs.
 fn is_link_local(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
-}
-
-/// Checks the nat chain, its one rule and the jump from POSTROUTING (`iptables -C` each) and
-/// rewrites them when one is missing (`ip6tables` for the IPv6 set).
-fn ensure_rules(rules: &MasqueradeRules) -> Result<()> {
-    let rule_err = |e: &dyn std::fmt::Display| DataplaneError::new("iptables", e);
-    if let Some(missing) = rules.missing().map_err(|e| rule_err(&e))? {
-        rules.ensure(None).map_err(|e| rule_err(&e))?;
-        log::info!(
-            "{missing} was missing: wrote nat chain {POSTROUTING_CHAIN} and its jump ({})",
-            rules.command()
-        );
-    }
-    Ok(())
 }
 
 /// Whether `conn_reuse_mode` must be 0: kernels 4.1 to 5.8 stall new connections for a second
@@ -468,31 +698,47 @@ impl Dataplane for Kernel {
             .block_on(self.rtnl.ensure_dummy(&self.dummy))
             .map_err(|e| err(format!("dummy device {}", self.dummy))(&e))?;
         self.dummy_index = Some(link.index);
-        for &v6 in self.families() {
-            self.ensure_set(v6)?;
-        }
-        for &v6 in self.families() {
-            self.check_rules(v6);
-        }
         let mut result = Ok(());
         for &v6 in self.families() {
+            result = result.and(self.ensure_sets(v6));
+        }
+        for &v6 in self.families() {
+            self.check_rules(v6, false);
+        }
+        for &v6 in self.families() {
             result = result.and(self.ensure_sysctls(v6));
+        }
+        if let (Some(t), false) = (&self.opts.timeouts, self.timeouts_set) {
+            let ipvs = self.ipvs()?;
+            ipvs.set_timeouts(t).map_err(|e| err("IPVS timeouts")(&e))?;
+            log::info!(
+                "set IPVS timeouts tcp {} s, tcpfin {} s, udp {} s (0: unchanged)",
+                t.tcp,
+                t.tcp_fin,
+                t.udp
+            );
+            self.timeouts_set = true;
         }
         result
     }
 
-    fn observe(&mut self, claimed: &BTreeSet<IpAddr>) -> Result<Observed> {
+    fn observe(&mut self, desired: &Desired) -> Result<Observed> {
         let mut observed = Observed {
             addresses: self.dummy_addresses()?,
             ..Default::default()
         };
+        let (ips, nets) = self.node_addresses()?;
+        observed.node_addresses = ips;
+        observed.node_networks = nets;
+        observed.sets = self.observe_sets()?;
+        observed.routes = self.pod_routes()?;
         let ipvs = self.ipvs()?;
         for s in ipvs
             .services()
             .map_err(|e| err("listing virtual services")(&e))?
         {
             let key = from_key(&s.key);
-            let dests = if observed.owns(&key.addr, claimed) {
+            let dests = if observed.owns(&key, desired) {
                 observed_dests(
                     ipvs.destinations(&s.key)
                         .map_err(|e| DataplaneError(e.to_string()))?,
@@ -500,42 +746,10 @@ impl Dataplane for Kernel {
             } else {
                 BTreeMap::new()
             };
-            let service = VirtualService {
-                key,
-                scheduler: s.scheduler,
-                persistence: s.persistence,
-            };
+            let service = from_service(s);
             observed
                 .services
                 .insert(key, ObservedService { service, dests });
-        }
-        let entries = self
-            .ipset
-            .list(loopback_set(false))
-            .map_err(|e| err("listing the loop-back set")(&e))?;
-        let entries6 = self
-            .ipset
-            .list(loopback_set(true))
-            .map_err(|e| err("listing the IPv6 loop-back set")(&e))?;
-        if entries6.is_some() && !self.v6 {
-            // Adopted from an earlier run: keep its rule and sysctls ensured too.
-            self.enable_v6()?;
-        }
-        for e in entries.into_iter().chain(entries6).flatten() {
-            if let Entry::IpPortIp {
-                ip,
-                proto,
-                port,
-                ip2,
-            } = e
-            {
-                observed.loopback.insert(LoopbackEntry {
-                    ip,
-                    protocol: proto,
-                    port,
-                    ip2,
-                });
-            }
         }
         Ok(observed)
     }
@@ -553,12 +767,10 @@ impl Dataplane for Kernel {
             ipvs.destinations(&k)
                 .map_err(|e| DataplaneError(e.to_string()))?,
         );
-        let service = VirtualService {
-            key: *key,
-            scheduler: s.scheduler,
-            persistence: s.persistence,
-        };
-        Ok(Some(ObservedService { service, dests }))
+        Ok(Some(ObservedService {
+            service: from_service(s),
+            dests,
+        }))
     }
 
     fn apply(&mut self, ops: &[Op]) -> Vec<Result<()>> {
@@ -574,67 +786,153 @@ impl Dataplane for Kernel {
             results.extend(match kind {
                 Batch::Address => self.apply_addresses(run),
                 Batch::Ipvs => self.apply_ipvs(run),
-                Batch::Loopback => self.apply_loopback(run),
+                Batch::Members => self.apply_members(run),
+                Batch::Routes => self.apply_routes(run),
             });
             start = end;
         }
         results
     }
 
+    fn clean_udp_conntrack(
+        &mut self,
+        services: &BTreeMap<ServiceKey, BTreeSet<SocketAddr>>,
+    ) -> Result<usize> {
+        let ct = Conntrack::open().map_err(|e| err("conntrack")(&e))?;
+        let mut stale = Vec::new();
+        for v6 in [false, true] {
+            if !services.keys().any(|k| k.addr.is_ipv6() == v6) {
+                continue;
+            }
+            let flows = ct
+                .list(&conntrack::Filter::new(family(v6), Protocol::Udp))
+                .map_err(|e| err("listing UDP conntrack entries")(&e))?;
+            for f in flows {
+                let key = ServiceKey {
+                    addr: f.original.dst,
+                    protocol: Protocol::Udp,
+                    port: f.original.dst_port,
+                };
+                let Some(endpoints) = services.get(&key) else {
+                    continue;
+                };
+                let from = SocketAddr::new(f.reply.src, f.reply.src_port);
+                if !endpoints.contains(&from) {
+                    stale.push(f);
+                }
+            }
+        }
+        let mut deleted = 0;
+        let mut first = None;
+        for r in ct.delete_many(&stale) {
+            match r {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first.get_or_insert(err("deleting a UDP conntrack entry")(&e));
+                }
+            }
+        }
+        first.map_or(Ok(deleted), Err)
+    }
+
     fn cleanup(&mut self) -> Result<()> {
-        let mut first: Option<DataplaneError> = None;
+        let mut errors: Vec<String> = Vec::new();
         let mut note = |what: &str, r: std::result::Result<bool, String>| match r {
             Ok(true) => log::info!("removed {what}"),
             Ok(false) => {}
             Err(e) => {
                 log::error!("removing {what}: {e}");
-                first.get_or_insert(DataplaneError(format!("removing {what}: {e}")));
+                errors.push(format!("removing {what}: {e}"));
             }
         };
         for h in self.rules_check.iter_mut().filter_map(Option::take) {
             let _ = h.join();
         }
         for v6 in [false, true] {
-            let rules = loopback_rules(v6);
+            let ipt = Iptables::new(family(v6));
             note(
-                &format!(
-                    "{} nat chain {POSTROUTING_CHAIN} and its jump from POSTROUTING",
-                    rules.command()
-                ),
-                rules.remove().map_err(|e| e.to_string()),
-            );
-            let set = loopback_set(v6);
-            note(
-                &format!("ipset {set}"),
-                self.ipset.destroy(set).map_err(|e| e.to_string()),
+                &format!("{} rules", ipt.command()),
+                self.ruleset(v6).remove(&ipt).map_err(|e| e.to_string()),
             );
         }
-        match self.dummy_addresses() {
-            Ok(addresses) => {
-                if let Some(ipvs) = &self.ipvs {
-                    match ipvs.services() {
-                        Ok(services) => {
-                            for s in services.iter().filter(|s| addresses.contains(&s.key.addr)) {
-                                note(
-                                    &format!("virtual service {}", from_key(&s.key)),
-                                    ipvs.del_service(&s.key)
-                                        .map(|_| true)
-                                        .map_err(|e| e.to_string()),
-                                );
-                            }
+        // The services go before the sets: OWNED tells which services on node addresses are ours.
+        let mut ours: BTreeSet<ServiceKey> = BTreeSet::new();
+        let dummy = self.dummy_addresses();
+        let owned_sets: Vec<(SetId, Vec<Entry>)> = [false, true]
+            .into_iter()
+            .map(|v6| SetId {
+                kind: SetKind::Owned,
+                v6,
+            })
+            .filter_map(|set| match self.ipset.list(&set.name()) {
+                Ok(Some(e)) => Some((set, e)),
+                _ => None,
+            })
+            .collect();
+        if let Some(ipvs) = &self.ipvs {
+            match (ipvs.services(), &dummy) {
+                (Ok(services), Ok(addresses)) => {
+                    for s in services {
+                        let key = from_key(&s.key);
+                        let marked = owned_sets.iter().any(|(_, entries)| {
+                            entries
+                                .iter()
+                                .filter_map(from_entry)
+                                .any(|m| m == Member::service(&key))
+                        });
+                        if addresses.contains(&key.addr) || marked {
+                            ours.insert(key);
                         }
-                        Err(e) => note("virtual services", Err(e.to_string())),
                     }
                 }
+                (Err(e), _) => note("virtual services", Err(e.to_string())),
+                (_, Err(e)) => note("virtual services", Err(e.to_string())),
             }
-            Err(e) => note("virtual services", Err(e.to_string())),
+            for key in &ours {
+                note(
+                    &format!("virtual service {key}"),
+                    ipvs.del_service(&to_key(key))
+                        .map(|_| true)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        }
+        for v6 in [false, true] {
+            for set in SetId::family(v6) {
+                note(
+                    &format!("ipset {set}"),
+                    self.ipset.destroy(&set.name()).map_err(|e| e.to_string()),
+                );
+            }
+        }
+        let routes: Vec<PodRoute> = match self.pod_routes() {
+            Ok(r) => r.into_iter().collect(),
+            Err(e) => {
+                note("pod routes", Err(e.to_string()));
+                Vec::new()
+            }
+        };
+        for r in routes {
+            let route = Route {
+                dst: r.dst,
+                gateway: Some(r.via),
+                oif: None,
+                protocol: ROUTE_PROTOCOL,
+            };
+            let done = self.rt.block_on(self.rtnl.del_route(&route));
+            note(&format!("route {r}"), done.map_err(|e| e.to_string()));
         }
         let deleted = self.rt.block_on(self.rtnl.delete_link_by_name(&self.dummy));
         note(
             &format!("dummy device {}", self.dummy),
             deleted.map_err(|e| e.to_string()),
         );
-        first.map_or(Ok(()), Err)
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(DataplaneError(errors.join("; ")))
+        }
     }
 }
 
@@ -657,5 +955,50 @@ mod tests {
         assert!(needs_conn_reuse_mode_0("5.8.18"));
         assert!(!needs_conn_reuse_mode_0("5.9.0"));
         assert!(!needs_conn_reuse_mode_0("6.1.0-40-amd64"));
+    }
+
+    #[test]
+    fn every_set_has_its_spec_and_members_round_trip_through_entries() {
+        for v6 in [false, true] {
+            for set in SetId::family(v6) {
+                let s = spec(set);
+                assert_eq!(
+                    s.kind == SetType::BitmapPort,
+                    !set.kind.has_family(),
+                    "{set}"
+                );
+            }
+        }
+        let members = [
+            Member::loopback("10.0.0.1:80".parse().unwrap(), Protocol::Tcp),
+            Member::IpPort {
+                ip: "fd00::1".parse().unwrap(),
+                protocol: Protocol::Sctp,
+                port: 9,
+            },
+            Member::IpPortNet {
+                ip: "192.0.2.1".parse().unwrap(),
+                protocol: Protocol::Udp,
+                port: 53,
+                net: "198.51.100.0/24".parse().unwrap(),
+            },
+            Member::Port(30080),
+            Member::Ip("10.96.0.1".parse().unwrap()),
+        ];
+        for m in members {
+            assert_eq!(from_entry(&to_entry(&m)), Some(m));
+        }
+    }
+
+    /// Each set the rules match is counted by the rules that match it: the reference counts the
+    /// kernel reports when the rules are in place.
+    #[test]
+    fn expected_references_count_the_rules_of_each_set() {
+        let refs = expected_references(&rules::ruleset(false, &RuleOptions::default()), false);
+        let get = |k| refs[&SetId { kind: k, v6: false }];
+        assert_eq!(get(SetKind::ClusterIp), 3);
+        assert_eq!(get(SetKind::LoopBack), 1);
+        assert_eq!(get(SetKind::VipAddresses), 1);
+        assert_eq!(get(SetKind::Owned), 0, "a marker, matched by no rule");
     }
 }

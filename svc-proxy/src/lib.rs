@@ -23,6 +23,7 @@ pub mod dataplane;
 pub mod derive;
 pub mod desired;
 pub mod health;
+pub mod healthcheck;
 pub mod http;
 pub mod instance;
 pub mod kernel;
@@ -32,6 +33,8 @@ pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod plan;
+pub mod routes;
+pub mod rules;
 #[cfg(test)]
 mod scale_tests;
 pub mod source;

@@ -113,9 +113,38 @@ struct RunArgs {
     /// A port that cannot be bound is fatal (else logged and skipped).
     #[arg(long)]
     bind_address_hard_fail: bool,
-    /// The cluster's pod CIDRs (comma-separated, one per family).
+    /// The cluster's pod CIDRs (comma-separated, one per family): traffic to a cluster IP from
+    /// outside them is masqueraded.
     #[arg(long, value_name = "CIDRS")]
     cluster_cidr: Option<String>,
+    /// Masquerade every connection to a cluster IP.
+    #[arg(long)]
+    masquerade_all: bool,
+    /// Which node addresses NodePorts listen on: CIDRs and/or `primary` (the node's own IPs),
+    /// comma-separated [default: every address of the node].
+    #[arg(long, value_name = "CIDRS")]
+    nodeport_addresses: Option<String>,
+    /// arp_ignore=1, arp_announce=2: the node answers ARP only for the receiving interface's
+    /// addresses (MetalLB's layer 2 mode needs it).
+    #[arg(long)]
+    ipvs_strict_arp: bool,
+    /// IPVS TCP session timeout (0: the kernel's).
+    #[arg(long, value_name = "DURATION", value_parser = parse_go_duration)]
+    ipvs_tcp_timeout: Option<Duration>,
+    /// IPVS timeout of TCP sessions after FIN (0: the kernel's).
+    #[arg(long, value_name = "DURATION", value_parser = parse_go_duration)]
+    ipvs_tcpfin_timeout: Option<Duration>,
+    /// IPVS UDP timeout (0: the kernel's).
+    #[arg(long, value_name = "DURATION", value_parser = parse_go_duration)]
+    ipvs_udp_timeout: Option<Duration>,
+    /// Virtual services on addresses in these CIDRs (comma-separated) are never deleted: another
+    /// program's.
+    #[arg(long, value_name = "CIDRS")]
+    ipvs_exclude_cidrs: Option<String>,
+    /// Route the other nodes' pod CIDRs via their InternalIPs (host-gw), for Nodes on a network
+    /// this node is directly on. Needs list and watch on all Nodes.
+    #[arg(long)]
+    pod_routes: bool,
     /// Must be "ipvs" (or empty): kube-proxy's other modes are not svc-proxy.
     #[arg(long, value_name = "MODE")]
     proxy_mode: Option<String>,
@@ -146,20 +175,6 @@ struct RunArgs {
 /// command line written for kube-proxy fails by name instead of being half obeyed.
 #[derive(Args)]
 struct Unimplemented {
-    #[arg(long, hide = true)]
-    masquerade_all: bool,
-    #[arg(long, hide = true, value_name = "CIDRS")]
-    nodeport_addresses: Option<String>,
-    #[arg(long, hide = true)]
-    ipvs_strict_arp: bool,
-    #[arg(long, hide = true, value_name = "DURATION")]
-    ipvs_tcp_timeout: Option<String>,
-    #[arg(long, hide = true, value_name = "DURATION")]
-    ipvs_tcpfin_timeout: Option<String>,
-    #[arg(long, hide = true, value_name = "DURATION")]
-    ipvs_udp_timeout: Option<String>,
-    #[arg(long, hide = true, value_name = "CIDRS")]
-    ipvs_exclude_cidrs: Option<String>,
     #[arg(long, hide = true, value_name = "GATES")]
     feature_gates: Option<String>,
     #[arg(long, hide = true)]
@@ -171,46 +186,7 @@ struct Unimplemented {
 impl Unimplemented {
     /// The first flag set to a value other than kube-proxy's default.
     fn check(&self) -> Result<()> {
-        let zero_duration = |v: &Option<String>| {
-            v.as_deref()
-                .is_none_or(|s| parse_go_duration(s) == Ok(Duration::ZERO))
-        };
         let refused: &[(&str, bool, &str)] = &[
-            (
-                "--masquerade-all",
-                self.masquerade_all,
-                "masquerading all Service traffic is not implemented",
-            ),
-            (
-                "--nodeport-addresses",
-                self.nodeport_addresses
-                    .as_deref()
-                    .is_some_and(|s| !s.is_empty()),
-                "NodePort Services are not implemented",
-            ),
-            ("--ipvs-strict-arp", self.ipvs_strict_arp, "not implemented"),
-            (
-                "--ipvs-tcp-timeout",
-                !zero_duration(&self.ipvs_tcp_timeout),
-                "IPVS connection timeouts are not implemented",
-            ),
-            (
-                "--ipvs-tcpfin-timeout",
-                !zero_duration(&self.ipvs_tcpfin_timeout),
-                "IPVS connection timeouts are not implemented",
-            ),
-            (
-                "--ipvs-udp-timeout",
-                !zero_duration(&self.ipvs_udp_timeout),
-                "IPVS connection timeouts are not implemented",
-            ),
-            (
-                "--ipvs-exclude-cidrs",
-                self.ipvs_exclude_cidrs
-                    .as_deref()
-                    .is_some_and(|s| !s.is_empty()),
-                "not implemented",
-            ),
             (
                 "--feature-gates",
                 self.feature_gates.as_deref().is_some_and(|s| !s.is_empty()),
@@ -366,12 +342,16 @@ fn check(a: SourceArgs, scheduler_flag: Option<String>) -> Result<()> {
             resync: Duration::ZERO,
             min_sync: Duration::ZERO,
             graceful_timeout: Duration::ZERO,
+            nodeport_addresses: Default::default(),
+            pod_routes: false,
+            excluded: Vec::new(),
         },
         healthz_address: None,
         metrics_address: None,
         bind_hard_fail: false,
         once: true,
         oom_score_adj: None,
+        kernel: Default::default(),
     };
     let (listing, problems) = svc_proxy::daemon::check(&settings)?;
     print!("{listing}");
@@ -379,6 +359,39 @@ fn check(a: SourceArgs, scheduler_flag: Option<String>) -> Result<()> {
         bail!("{problems} problem(s): invalid objects or clashing virtual services (see above)");
     }
     Ok(())
+}
+
+/// A comma-separated list of CIDRs (`what` names the flag or field in errors).
+fn cidr_list(what: &str, list: Option<&str>) -> Result<Vec<ipnetwork::IpNetwork>> {
+    let mut out = Vec::new();
+    for c in list
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        out.push(
+            c.parse::<ipnetwork::IpNetwork>()
+                .with_context(|| format!("{what}: {c:?} is not a CIDR"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// `--nodeport-addresses`: CIDRs and the keyword `primary`.
+fn nodeport_addresses(what: &str, list: &str) -> Result<svc_proxy::controller::NodePortAddresses> {
+    let mut out = svc_proxy::controller::NodePortAddresses::default();
+    for c in list.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        if c == "primary" {
+            out.primary = true;
+        } else {
+            out.cidrs.push(
+                c.parse()
+                    .with_context(|| format!("{what}: {c:?} is neither a CIDR nor \"primary\""))?,
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// `ADDR` with kube-proxy's defaults: "off" disables; a bare IP takes `port`.
@@ -415,12 +428,35 @@ fn run(a: RunArgs) -> Result<()> {
     }
     let file = read_config(a.sources.config.as_deref())?;
     let scheduler = scheduler(a.scheduler, &file)?;
-    if let Some(cidrs) = a.cluster_cidr.clone().or(file.cluster_cidr.clone()) {
-        for c in cidrs.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            c.parse::<ipnetwork::IpNetwork>()
-                .with_context(|| format!("--cluster-cidr: {c:?} is not a CIDR"))?;
-        }
-    }
+    let cluster_cidrs = cidr_list(
+        "--cluster-cidr",
+        a.cluster_cidr.as_deref().or(file.cluster_cidr.as_deref()),
+    )?;
+    let excluded = match &a.ipvs_exclude_cidrs {
+        Some(list) => cidr_list("--ipvs-exclude-cidrs", Some(list))?,
+        None => cidr_list("ipvs.excludeCIDRs", Some(&file.exclude_cidrs.join(",")))?,
+    };
+    let nodeport_addresses = match &a.nodeport_addresses {
+        Some(list) => nodeport_addresses("--nodeport-addresses", list)?,
+        None => nodeport_addresses("nodePortAddresses", &file.nodeport_addresses.join(","))?,
+    };
+    let seconds = |flag: Option<Duration>, file: Option<Duration>| {
+        flag.or(file).map_or(0, |d| d.as_secs() as u32)
+    };
+    let timeouts = nodenet::ipvs::Timeouts {
+        tcp: seconds(a.ipvs_tcp_timeout, file.tcp_timeout),
+        tcp_fin: seconds(a.ipvs_tcpfin_timeout, file.tcp_fin_timeout),
+        udp: seconds(a.ipvs_udp_timeout, file.udp_timeout),
+    };
+    let kernel = svc_proxy::kernel::KernelOptions {
+        rules: svc_proxy::rules::RuleOptions {
+            cluster_cidrs,
+            masquerade_all: a.masquerade_all || file.masquerade_all == Some(true),
+        },
+        strict_arp: a.ipvs_strict_arp || file.strict_arp == Some(true),
+        timeouts: (timeouts.tcp > 0 || timeouts.tcp_fin > 0 || timeouts.udp > 0)
+            .then_some(timeouts),
+    };
     let bind_ip = match a.bind_address {
         Some(ip) => Some(ip),
         None => file
@@ -459,7 +495,10 @@ fn run(a: RunArgs) -> Result<()> {
     if resync.is_zero() {
         bail!("--ipvs-sync-period must be more than 0");
     }
-    let src = sources(a.sources, &file)?;
+    let mut src = sources(a.sources, &file)?;
+    if let Some(api) = src.api.as_mut() {
+        api.all_nodes = a.pod_routes;
+    }
     let settings = Settings {
         manifests: src.manifests,
         attachments: src.attachments,
@@ -475,12 +514,16 @@ fn run(a: RunArgs) -> Result<()> {
                 .or(file.min_sync_period)
                 .unwrap_or_default(),
             graceful_timeout: a.graceful_timeout,
+            nodeport_addresses,
+            pod_routes: a.pod_routes,
+            excluded,
         },
         healthz_address,
         metrics_address,
         bind_hard_fail: a.bind_address_hard_fail || file.bind_address_hard_fail == Some(true),
         once: a.once,
         oom_score_adj: a.oom_score_adj.or(file.oom_score_adj),
+        kernel,
     };
     if a.log_level.is_none() && a.verbosity.is_none() {
         if let Some(v) = file.verbosity {

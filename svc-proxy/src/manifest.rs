@@ -557,7 +557,6 @@ mod tests {
                 external_policy_local: false,
                 internal_policy_local: false,
                 health_check_node_port: None,
-                prefer_close: false,
             }
         );
     }

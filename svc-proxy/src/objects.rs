@@ -126,8 +126,8 @@ pub struct Service {
     /// `spec.clusterIPs` (or `spec.clusterIP`), at most one per family.
     pub cluster_ips: Vec<IpAddr>,
     pub external_ips: Vec<IpAddr>,
-    /// `status.loadBalancer.ingress[].ip` (LoadBalancer Services; `ipMode: Proxy` ones excluded,
-    /// as kube-proxy does: the load balancer itself sends to the nodes).
+    /// `status.loadBalancer.ingress[].ip` (`ipMode: Proxy` ones excluded, as kube-proxy does: the
+    /// load balancer itself sends to the nodes).
     pub load_balancer_ips: Vec<IpAddr>,
     /// `spec.loadBalancerSourceRanges`; empty means every source.
     pub load_balancer_source_ranges: Vec<IpNetwork>,
@@ -138,13 +138,12 @@ pub struct Service {
     pub affinity_timeout: Option<u32>,
     /// From the `svc-proxy/scheduler` annotation.
     pub scheduler: Option<String>,
-    /// `spec.externalTrafficPolicy: Local`.
+    /// `spec.externalTrafficPolicy: Local` on a Service reachable from outside (node ports,
+    /// load-balancer or external IPs).
     pub external_policy_local: bool,
     /// `spec.internalTrafficPolicy: Local`.
     pub internal_policy_local: bool,
     pub health_check_node_port: Option<u16>,
-    /// `spec.trafficDistribution: PreferClose` (or its newer names): use topology hints.
-    pub prefer_close: bool,
 }
 
 /// One entry of `spec.ports`.

@@ -1,9 +1,10 @@
 //! The pure planner: desired state + observed kernel state -> the minimal list of operations.
 
 use crate::model::{
-    Desired, DesiredService, LoopbackEntry, Observed, ObservedService, ServiceKey, VirtualService,
-    ENDPOINT_WEIGHT,
+    Desired, DesiredService, Member, Observed, ObservedService, PodRoute, ServiceKey, SetId,
+    SetKind, VirtualService, ENDPOINT_WEIGHT,
 };
+use ipnetwork::IpNetwork;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -38,10 +39,14 @@ pub enum Op {
         service: ServiceKey,
         dest: SocketAddr,
     },
-    /// `ipset add SVCPROXY-LOOP-BACK IP,PROTO:PORT,IP`
-    AddLoopback(crate::model::LoopbackEntry),
-    /// `ipset del SVCPROXY-LOOP-BACK IP,PROTO:PORT,IP`
-    DelLoopback(crate::model::LoopbackEntry),
+    /// `ipset add SET MEMBER`
+    AddMember { set: SetId, member: Member },
+    /// `ipset del SET MEMBER`
+    DelMember { set: SetId, member: Member },
+    /// `ip route replace CIDR via IP proto svcproxy`
+    AddRoute(PodRoute),
+    /// `ip route del CIDR via IP proto svcproxy`
+    DelRoute(PodRoute),
 }
 
 /// What an operation's failure holds back: retries and backoff are per scope, so one failing
@@ -50,7 +55,8 @@ pub enum Op {
 pub enum Scope {
     Address(IpAddr),
     Service(ServiceKey),
-    Loopback,
+    Set(SetId),
+    Route(IpNetwork),
 }
 
 impl Op {
@@ -62,7 +68,8 @@ impl Op {
             Op::AddDest { service, .. }
             | Op::UpdateDest { service, .. }
             | Op::DelDest { service, .. } => Scope::Service(*service),
-            Op::AddLoopback(_) | Op::DelLoopback(_) => Scope::Loopback,
+            Op::AddMember { set, .. } | Op::DelMember { set, .. } => Scope::Set(*set),
+            Op::AddRoute(r) | Op::DelRoute(r) => Scope::Route(r.dst),
         }
     }
 
@@ -77,8 +84,10 @@ impl Op {
             Op::AddDest { .. } => "add_dest",
             Op::UpdateDest { .. } => "update_dest",
             Op::DelDest { .. } => "del_dest",
-            Op::AddLoopback(_) => "add_loopback",
-            Op::DelLoopback(_) => "del_loopback",
+            Op::AddMember { .. } => "add_set_member",
+            Op::DelMember { .. } => "del_set_member",
+            Op::AddRoute(_) => "add_route",
+            Op::DelRoute(_) => "del_route",
         }
     }
 }
@@ -88,7 +97,8 @@ impl fmt::Display for Scope {
         match self {
             Scope::Address(ip) => write!(f, "address {ip}"),
             Scope::Service(key) => write!(f, "service {key}"),
-            Scope::Loopback => f.write_str("loop-back set"),
+            Scope::Set(set) => write!(f, "set {set}"),
+            Scope::Route(dst) => write!(f, "route to {dst}"),
         }
     }
 }
@@ -97,10 +107,13 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn service(f: &mut fmt::Formatter<'_>, verb: &str, s: &VirtualService) -> fmt::Result {
             write!(f, "{verb} service {} scheduler {}", s.key, s.scheduler)?;
-            match s.persistence {
-                Some(t) => write!(f, " persistent {t}s"),
-                None => Ok(()),
+            if let Some(t) = s.persistence {
+                write!(f, " persistent {t}s")?;
             }
+            if s.flags != 0 {
+                write!(f, " flags {:#x}", s.flags)?;
+            }
+            Ok(())
         }
         match self {
             Op::AddAddress(ip) => write!(f, "add address {ip}"),
@@ -123,26 +136,35 @@ impl fmt::Display for Op {
                 write!(f, "set real server {dest} of {service} to weight {weight}")
             }
             Op::DelDest { service, dest } => write!(f, "delete real server {dest} from {service}"),
-            Op::AddLoopback(e) => write!(f, "add loop-back entry {e}"),
-            Op::DelLoopback(e) => write!(f, "delete loop-back entry {e}"),
+            Op::AddMember { set, member } => write!(f, "add {member} to {set}"),
+            Op::DelMember { set, member } => write!(f, "delete {member} from {set}"),
+            Op::AddRoute(r) => write!(f, "add route {r}"),
+            Op::DelRoute(r) => write!(f, "delete route {r}"),
         }
     }
 }
 
 /// Computes the operations that turn `observed` into `desired`, touching only what is ours:
-/// [`plan_subset`] over every virtual service, loop-back entry and dummy-device address.
+/// [`plan_subset`] over every virtual service, set member, dummy-device address and route.
 ///
-/// Order: VIP addresses first, then per service the service and its real servers, then services
-/// that are no longer wanted, the loop-back set, and last the addresses no longer wanted.
-/// A real server that is no longer wanted is deleted at once for UDP; for TCP and SCTP it is first
-/// set to weight 0 and deleted once it has no connections or `drain_expired(service, dest)` says
-/// its grace period is over. A wanted real server found at weight 0 (a drain interrupted by a
-/// restart, or a pod that came back) gets its weight back.
+/// Order: VIP addresses first, then the ownership marks of services that are not on the dummy
+/// device, per service the service and its real servers, then services that are no longer
+/// wanted, set members added then removed (so a mark goes only after its service), routes, and
+/// last the addresses no longer wanted. A real server that is no longer wanted is deleted at once
+/// for UDP; for TCP and SCTP it is first set to weight 0 and deleted once it has no connections
+/// or `drain_expired(service, dest)` says its grace period is over. A wanted real server found at
+/// weight 0 (a drain interrupted by a restart, or a pod that came back) gets its weight back.
 pub fn plan(
     desired: &Desired,
     observed: &Observed,
     drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
 ) -> Vec<Op> {
+    let mut members = BTreeSet::new();
+    for sets in [&desired.sets, &observed.sets] {
+        for (set, m) in sets {
+            members.extend(m.iter().map(|m| (*set, *m)));
+        }
+    }
     let everything = Subset {
         keys: desired
             .services
@@ -150,28 +172,37 @@ pub fn plan(
             .chain(observed.services.keys())
             .copied()
             .collect(),
-        loopback: desired
-            .loopback
-            .union(&observed.loopback)
-            .copied()
-            .collect(),
-        addresses: observed.addresses.clone(),
+        members,
+        addresses: desired.bound.union(&observed.addresses).copied().collect(),
+        routes: true,
     };
     plan_subset(desired, observed, &everything, drain_expired)
 }
 
-/// What an incremental change touched: the virtual services and loop-back entries to re-plan.
+/// What an incremental change touched: the virtual services, set members and addresses to
+/// re-plan, and whether routes are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subset {
     pub keys: BTreeSet<ServiceKey>,
-    pub loopback: BTreeSet<LoopbackEntry>,
-    /// Dummy-device addresses to re-plan besides the VIPs of `keys`.
+    pub members: BTreeSet<(SetId, Member)>,
+    /// Dummy-device addresses to re-plan.
     pub addresses: BTreeSet<IpAddr>,
+    /// Re-plan the pod routes (few: all of them).
+    pub routes: bool,
 }
 
-/// [`plan`] restricted to `subset`: its virtual services, its loop-back entries, the VIPs of its
-/// services and its addresses. Yields exactly the operations of [`plan`] when everything outside
-/// `subset` already matches; its cost grows with the subset, not with the number of services.
+impl Subset {
+    pub fn merge(&mut self, other: &Subset) {
+        self.keys.extend(other.keys.iter().copied());
+        self.members.extend(other.members.iter().copied());
+        self.addresses.extend(other.addresses.iter().copied());
+        self.routes |= other.routes;
+    }
+}
+
+/// [`plan`] restricted to `subset`. Yields exactly the operations of [`plan`] when everything
+/// outside `subset` already matches; its cost grows with the subset, not with the number of
+/// services.
 pub fn plan_subset(
     desired: &Desired,
     observed: &Observed,
@@ -179,21 +210,18 @@ pub fn plan_subset(
     drain_expired: &dyn Fn(&ServiceKey, &SocketAddr) -> bool,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
-    let addrs: BTreeSet<IpAddr> = subset
-        .keys
-        .iter()
-        .map(|k| k.addr)
-        .chain(subset.addresses.iter().copied())
-        .collect();
-    let wanted: BTreeSet<IpAddr> = addrs
-        .iter()
-        .filter(|a| desired.has_vip(a))
-        .copied()
-        .collect();
-
-    for vip in &wanted {
-        if !observed.addresses.contains(vip) {
-            ops.push(Op::AddAddress(*vip));
+    for addr in &subset.addresses {
+        if desired.bound.contains(addr) && !observed.addresses.contains(addr) {
+            ops.push(Op::AddAddress(*addr));
+        }
+    }
+    let is_mark = |set: &SetId| set.kind == SetKind::Owned;
+    for (set, member) in subset.members.iter().filter(|(s, _)| is_mark(s)) {
+        if desired.has_member(set, member) && !observed.has_member(set, member) {
+            ops.push(Op::AddMember {
+                set: *set,
+                member: *member,
+            });
         }
     }
     for key in &subset.keys {
@@ -204,23 +232,38 @@ pub fn plan_subset(
     for key in &subset.keys {
         if observed.services.contains_key(key)
             && !desired.services.contains_key(key)
-            && observed.owns(&key.addr, &wanted)
+            && observed.owns(key, desired)
+            && !desired.excluded(&key.addr)
         {
             ops.push(Op::DelService(*key));
         }
     }
-    for entry in &subset.loopback {
-        if desired.loopback.contains(entry) && !observed.loopback.contains(entry) {
-            ops.push(Op::AddLoopback(*entry));
+    for (set, member) in subset.members.iter().filter(|(s, _)| !is_mark(s)) {
+        if desired.has_member(set, member) && !observed.has_member(set, member) {
+            ops.push(Op::AddMember {
+                set: *set,
+                member: *member,
+            });
         }
     }
-    for entry in &subset.loopback {
-        if !desired.loopback.contains(entry) && observed.loopback.contains(entry) {
-            ops.push(Op::DelLoopback(*entry));
+    for (set, member) in &subset.members {
+        if !desired.has_member(set, member) && observed.has_member(set, member) {
+            ops.push(Op::DelMember {
+                set: *set,
+                member: *member,
+            });
         }
     }
-    for addr in addrs.difference(&wanted) {
-        if observed.addresses.contains(addr) {
+    if subset.routes {
+        for r in desired.routes.difference(&observed.routes) {
+            ops.push(Op::AddRoute(*r));
+        }
+        for r in observed.routes.difference(&desired.routes) {
+            ops.push(Op::DelRoute(*r));
+        }
+    }
+    for addr in &subset.addresses {
+        if !desired.bound.contains(addr) && observed.addresses.contains(addr) {
             ops.push(Op::DelAddress(*addr));
         }
     }
@@ -338,7 +381,7 @@ pub fn draining_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DesiredService, LoopbackEntry, ObservedDest};
+    use crate::model::{DesiredService, ObservedDest};
     use nodenet::Protocol::{Tcp, Udp};
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -359,6 +402,7 @@ mod tests {
             key: k,
             scheduler: scheduler.into(),
             persistence,
+            flags: 0,
         }
     }
 
@@ -367,9 +411,12 @@ mod tests {
         for (k, sched, eps) in services {
             let endpoints: BTreeSet<SocketAddr> = eps.iter().map(|e| sa(e)).collect();
             for e in &endpoints {
-                d.loopback
-                    .insert(LoopbackEntry::for_endpoint(*e, k.protocol));
+                d.sets
+                    .entry(SetId::of(SetKind::LoopBack, e.ip()))
+                    .or_default()
+                    .insert(Member::loopback(*e, k.protocol));
             }
+            d.bound.insert(k.addr);
             d.services.insert(
                 *k,
                 DesiredService {
@@ -385,8 +432,8 @@ mod tests {
     /// The kernel exactly as `d` wants it (VIPs on the dummy, weights 1, set filled).
     fn in_sync(d: &Desired) -> Observed {
         let mut o = Observed {
-            addresses: d.vips(),
-            loopback: d.loopback.clone(),
+            addresses: d.bound.clone(),
+            sets: d.sets.clone(),
             ..Default::default()
         };
         for (k, s) in &d.services {
@@ -410,11 +457,29 @@ mod tests {
         false
     }
 
-    fn lb(ep: &str, p: nodenet::Protocol) -> LoopbackEntry {
-        LoopbackEntry::for_endpoint(sa(ep), p)
+    fn lb(ep: &str, p: nodenet::Protocol) -> Member {
+        Member::loopback(sa(ep), p)
+    }
+
+    fn add_lb(ep: &str, p: nodenet::Protocol) -> Op {
+        Op::AddMember {
+            set: SetId::of(SetKind::LoopBack, sa(ep).ip()),
+            member: lb(ep, p),
+        }
+    }
+
+    fn del_lb(ep: &str, p: nodenet::Protocol) -> Op {
+        Op::DelMember {
+            set: SetId::of(SetKind::LoopBack, sa(ep).ip()),
+            member: lb(ep, p),
+        }
     }
 
     const VIP: &str = "10.100.100.100";
+
+    fn stray_ip() -> IpAddr {
+        "10.0.0.11".parse().unwrap()
+    }
 
     #[test]
     fn scenario_from_empty_adds_address_service_dests_and_loopback_in_order() {
@@ -436,8 +501,8 @@ mod tests {
                     dest: sa("10.0.0.21:8080"),
                     weight: 1
                 },
-                Op::AddLoopback(lb("10.0.0.11:8080", Tcp)),
-                Op::AddLoopback(lb("10.0.0.21:8080", Tcp)),
+                add_lb("10.0.0.11:8080", Tcp),
+                add_lb("10.0.0.21:8080", Tcp),
             ]
         );
     }
@@ -474,7 +539,7 @@ mod tests {
                     dest: sa("10.0.0.21:8080"),
                     weight: 1
                 },
-                Op::AddLoopback(lb("10.0.0.21:8080", Tcp)),
+                add_lb("10.0.0.21:8080", Tcp),
             ]
         );
     }
@@ -492,7 +557,7 @@ mod tests {
                     dest: sa("10.0.0.21:8080"),
                     weight: 0
                 },
-                Op::DelLoopback(lb("10.0.0.21:8080", Tcp)),
+                del_lb("10.0.0.21:8080", Tcp),
             ]
         );
     }
@@ -504,7 +569,7 @@ mod tests {
         let before = desired(&[(k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080"])]);
         let after = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
         let mut o = in_sync(&before);
-        o.loopback = after.loopback.clone();
+        o.sets = after.sets.clone();
         let d = o
             .services
             .get_mut(&k)
@@ -568,7 +633,7 @@ mod tests {
                     service: k,
                     dest: sa("10.0.0.21:53")
                 },
-                Op::DelLoopback(lb("10.0.0.21:53", Udp)),
+                del_lb("10.0.0.21:53", Udp),
             ]
         );
         assert_eq!(draining(&after, &o), vec![]);
@@ -639,7 +704,7 @@ mod tests {
             plan(&Desired::default(), &o, &never),
             vec![
                 Op::DelService(ours),
-                Op::DelLoopback(lb("10.0.0.11:8080", Tcp)),
+                del_lb("10.0.0.11:8080", Tcp),
                 Op::DelAddress(VIP.parse().unwrap()),
             ]
         );
@@ -681,10 +746,7 @@ mod tests {
         let after = desired(&[(tcp, "rr", &["10.0.0.11:8080"])]);
         assert_eq!(
             plan(&after, &in_sync(&before), &never),
-            vec![
-                Op::DelService(udp),
-                Op::DelLoopback(lb("10.0.0.11:8080", Udp))
-            ]
+            vec![Op::DelService(udp), del_lb("10.0.0.11:8080", Udp)]
         );
     }
 
@@ -694,11 +756,14 @@ mod tests {
         let d = desired(&[(k, "rr", &["10.0.0.11:8080"])]);
         let mut o = in_sync(&d);
         o.services.clear();
-        let stray = LoopbackEntry {
+        let stray = Member::IpPortIp {
+            ip: "10.0.0.11".parse().unwrap(),
+            protocol: Tcp,
+            port: 8080,
             ip2: "10.0.0.99".parse().unwrap(),
-            ..lb("10.0.0.11:8080", Tcp)
         };
-        o.loopback.insert(stray);
+        let set = SetId::of(SetKind::LoopBack, stray_ip());
+        o.sets.entry(set).or_default().insert(stray);
         assert_eq!(
             plan(&d, &o, &never),
             vec![
@@ -708,7 +773,7 @@ mod tests {
                     dest: sa("10.0.0.11:8080"),
                     weight: 1
                 },
-                Op::DelLoopback(stray),
+                Op::DelMember { set, member: stray },
             ]
         );
     }
@@ -730,10 +795,15 @@ mod tests {
             (a, "rr", &["10.0.0.1:80", "10.0.0.4:80"]),
             (b, "rr", &["10.0.0.2:53"]),
         ]);
+        let lbset = SetId::of(SetKind::LoopBack, a.addr);
         let subset = Subset {
             keys: BTreeSet::from([a, gone]),
-            loopback: BTreeSet::from([lb("10.0.0.4:80", Tcp), lb("10.0.0.9:80", Tcp)]),
-            addresses: BTreeSet::new(),
+            members: BTreeSet::from([
+                (lbset, lb("10.0.0.4:80", Tcp)),
+                (lbset, lb("10.0.0.9:80", Tcp)),
+            ]),
+            addresses: BTreeSet::from([a.addr, gone.addr]),
+            routes: false,
         };
         let ops = plan_subset(&after, &observed, &subset, &never);
         assert_eq!(
@@ -750,8 +820,8 @@ mod tests {
                     weight: 0
                 },
                 Op::DelService(gone),
-                Op::AddLoopback(lb("10.0.0.4:80", Tcp)),
-                Op::DelLoopback(lb("10.0.0.9:80", Tcp)),
+                add_lb("10.0.0.4:80", Tcp),
+                del_lb("10.0.0.9:80", Tcp),
                 Op::DelAddress(gone.addr),
             ]
         );

@@ -46,6 +46,9 @@ fn measure(n: usize) {
         resync: Duration::from_secs(3600),
         min_sync: Duration::ZERO,
         graceful_timeout: Duration::from_secs(60),
+        nodeport_addresses: Default::default(),
+        pod_routes: false,
+        excluded: Vec::new(),
     };
     let mut store = Store::new("n1");
     store.expect(SourceId::Api, Kind::Service);

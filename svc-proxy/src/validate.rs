@@ -213,40 +213,40 @@ pub fn service(svc: &core::Service, filter: &Filter) -> Result<Verdict<Service>>
             external_ips.push(ip);
         }
     }
+    // Read whatever the type: kube-proxy programs the status it finds (in practice only
+    // LoadBalancer Services have one).
     let mut load_balancer_ips = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        // `ipMode: Proxy`: the load balancer proxies to the nodes, so kube-proxy does not
+        // capture traffic to its IP.
+        if ing.ip_mode.as_deref() == Some("Proxy") {
+            continue;
+        }
+        if let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty()) {
+            let ip = address(s, &format!("status.loadBalancer.ingress[{i}].ip"), VIP)?;
+            if !load_balancer_ips.contains(&ip) {
+                load_balancer_ips.push(ip);
+            }
+        }
+    }
     let mut load_balancer_source_ranges = Vec::new();
-    if service_type == ServiceType::LoadBalancer {
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref());
-        for (i, ing) in ingress.into_iter().flatten().enumerate() {
-            // `ipMode: Proxy`: the load balancer proxies to the nodes, so kube-proxy does not
-            // capture traffic to its IP.
-            if ing.ip_mode.as_deref() == Some("Proxy") {
-                continue;
-            }
-            if let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty()) {
-                let ip = address(s, &format!("status.loadBalancer.ingress[{i}].ip"), VIP)?;
-                if !load_balancer_ips.contains(&ip) {
-                    load_balancer_ips.push(ip);
-                }
-            }
-        }
-        for (i, s) in spec
-            .load_balancer_source_ranges
-            .iter()
-            .flatten()
-            .enumerate()
-        {
-            let field = format!("spec.loadBalancerSourceRanges[{i}]");
-            let net: IpNetwork = s
-                .trim()
-                .parse()
-                .map_err(|_| invalid(&field, format!("{s:?} is not a CIDR (e.g. 192.0.2.0/24)")))?;
-            load_balancer_source_ranges.push(net);
-        }
+    for (i, s) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("spec.loadBalancerSourceRanges[{i}]");
+        let net: IpNetwork = s
+            .trim()
+            .parse()
+            .map_err(|_| invalid(&field, format!("{s:?} is not a CIDR (e.g. 192.0.2.0/24)")))?;
+        load_balancer_source_ranges.push(net);
     }
 
     let ports = service_ports(spec, service_type)?;
@@ -268,10 +268,13 @@ pub fn service(svc: &core::Service, filter: &Filter) -> Result<Verdict<Service>>
             format!("unknown traffic policy {other:?} (expected Cluster or Local)"),
         )),
     };
+    // kube-proxy's ExternalPolicyLocal: only for a Service reachable from outside (a node port,
+    // a load balancer, or external IPs).
+    let externally_accessible = service_type != ServiceType::ClusterIP || !external_ips.is_empty();
     let external_policy_local = policy(
         "spec.externalTrafficPolicy",
         spec.external_traffic_policy.as_deref(),
-    )? && service_type != ServiceType::ClusterIP;
+    )? && externally_accessible;
     let internal_policy_local = policy(
         "spec.internalTrafficPolicy",
         spec.internal_traffic_policy.as_deref(),
@@ -282,10 +285,6 @@ pub fn service(svc: &core::Service, filter: &Filter) -> Result<Verdict<Service>>
         }
         _ => None,
     };
-    let prefer_close = matches!(
-        spec.traffic_distribution.as_deref(),
-        Some("PreferClose" | "PreferSameZone" | "PreferSameNode")
-    );
     Ok(Verdict::Accept(Service {
         namespace,
         name,
@@ -301,7 +300,6 @@ pub fn service(svc: &core::Service, filter: &Filter) -> Result<Verdict<Service>>
         external_policy_local,
         internal_policy_local,
         health_check_node_port,
-        prefer_close,
     }))
 }
 
@@ -742,7 +740,6 @@ mod tests {
             "metadata": {"name": "lb"},
             "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.1", "externalTrafficPolicy": "Local",
                      "healthCheckNodePort": 30999, "loadBalancerSourceRanges": ["192.0.2.0/24", " 198.51.100.7/32"],
-                     "trafficDistribution": "PreferClose",
                      "ports": [{"port": 80, "nodePort": 30080}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}, {"ip": "192.0.2.11", "ipMode": "Proxy"}, {"hostname": "lb.example"}]}}
         }));
@@ -754,7 +751,7 @@ mod tests {
             vec!["192.0.2.10".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(s.load_balancer_source_ranges.len(), 2);
-        assert!(s.external_policy_local && !s.internal_policy_local && s.prefer_close);
+        assert!(s.external_policy_local && !s.internal_policy_local);
         assert_eq!(s.health_check_node_port, Some(30999));
         assert_eq!(s.ports[0].node_port, Some(30080));
     }

@@ -35,6 +35,14 @@ k8s_owned() {
 	tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/"
 }
 
+# k8s_running PID: true while PID, a child this shell just started, has not exited (it stays a
+# zombie until reaped, so its PID is not reused meanwhile). Used while waiting for a start, when
+# the child may not have exec'd its binary yet (its command line is still this shell's).
+k8s_running() {
+	local state
+	[ -n "$1" ] && state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 # k8s_stop NAME PID DIR: TERM, up to 15 s for it to exit, then KILL. Only when k8s_owned.
 k8s_stop() {
 	local name=$1 pid=$2 dir=$3 i
@@ -67,7 +75,7 @@ k8s_wait_https() {
 	local name=$1 pid=$2 dir=$3 url=$4 end body
 	end=$((SECONDS + ${K8S_START_TIMEOUT:-180}))
 	while ((SECONDS < end)); do
-		k8s_owned "$pid" "$dir" || { echo "k8s: $name exited during start" >&2; k8s_tail_log "$name" "$dir"; return 1; }
+		k8s_running "$pid" || { echo "k8s: $name exited during start" >&2; k8s_tail_log "$name" "$dir"; return 1; }
 		body=$(curl -sS --max-time 5 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" "$url" 2>/dev/null) &&
 			[ "$body" = ok ] && return 0
 		sleep 0.1

@@ -178,7 +178,7 @@ k8s_set "$dir" ETCD_PID $!
 k8s_load "$dir"
 end=$((SECONDS + ${K8S_START_TIMEOUT:-180}))
 until curl -fsS --max-time 5 "http://127.0.0.1:$etcd_port/health" 2>/dev/null | grep -q '"health":"true"'; do
-	k8s_owned "$ETCD_PID" "$dir" || { k8s_tail_log etcd "$dir"; k8s_die "etcd exited during start"; }
+	k8s_running "$ETCD_PID" || { k8s_tail_log etcd "$dir"; k8s_die "etcd exited during start"; }
 	((SECONDS < end)) || { k8s_tail_log etcd "$dir"; k8s_die "etcd not healthy after ${K8S_START_TIMEOUT:-180} s"; }
 	sleep 0.1
 done
@@ -245,7 +245,7 @@ k8s_wait_https kube-controller-manager "$CONTROLLER_MANAGER_PID" "$dir" "https:/
 end=$((SECONDS + ${K8S_START_TIMEOUT:-180}))
 until curl -fsS --max-time 5 -o /dev/null --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
 	"https://127.0.0.1:$apiserver_port/api/v1/namespaces/default/serviceaccounts/default" 2>/dev/null; do
-	k8s_owned "$CONTROLLER_MANAGER_PID" "$dir" || { k8s_tail_log kube-controller-manager "$dir"; k8s_die "kube-controller-manager exited"; }
+	k8s_running "$CONTROLLER_MANAGER_PID" || { k8s_tail_log kube-controller-manager "$dir"; k8s_die "kube-controller-manager exited"; }
 	((SECONDS < end)) || { k8s_tail_log kube-controller-manager "$dir"; k8s_die "no default ServiceAccount after ${K8S_START_TIMEOUT:-180} s"; }
 	sleep 0.1
 done

@@ -64,12 +64,16 @@ pub fn settings(kubeconfig: &Path, o: &Options) -> Settings {
             resync: o.resync,
             min_sync: Duration::ZERO,
             graceful_timeout: Duration::from_secs(60),
+            nodeport_addresses: Default::default(),
+            pod_routes: false,
+            excluded: Vec::new(),
         },
         healthz_address: None,
         metrics_address: None,
         bind_hard_fail: false,
         once: false,
         oom_score_adj: None,
+        kernel: Default::default(),
     }
 }
 

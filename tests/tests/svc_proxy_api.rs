@@ -482,8 +482,8 @@ fn a_kube_proxy_configuration_file_is_accepted_or_refused_by_name() {
             "mode: \"iptables\": svc-proxy is an IPVS proxy",
         ),
         (
-            "ipvs:\n  strictARP: true\n",
-            "ipvs.strictARP: true is not supported",
+            "enableProfiling: true\n",
+            "enableProfiling: true is not supported",
         ),
         (
             "conntrack:\n  maxPerCore: 1\n",

@@ -132,6 +132,7 @@ fn nothing_changes_until_the_api_answers() {
                 key: stale,
                 scheduler: "rr".into(),
                 persistence: None,
+                flags: 0,
             },
             dests: BTreeMap::from([("10.244.9.9:8080".parse().unwrap(), ObservedDest::new(1))]),
         },

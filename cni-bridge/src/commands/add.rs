@@ -584,6 +584,7 @@ impl Plan<'_> {
                 dst: r.dst,
                 gateway: r.gw.or_else(|| gw_of(Family::of_net(&r.dst))),
                 oif: Some(pv.index),
+                protocol: nodenet::link::PROTO_BOOT,
             };
             self.pod.add_route(&route).await?;
         }

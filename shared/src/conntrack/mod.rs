@@ -18,8 +18,8 @@ use std::ops::BitOr;
 
 use nix::errno::Errno;
 
-use crate::Family;
 use crate::nl;
+use crate::Family;
 use crate::Protocol;
 
 /// One direction of a flow, as `conntrack -L` prints it: `src=A dst=B sport=P dport=Q`.

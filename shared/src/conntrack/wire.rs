@@ -12,8 +12,8 @@
 use std::net::IpAddr;
 
 use super::{Filter, Flow, Status, Tuple};
-use crate::Family;
 use crate::nl::{self, Builder, Error, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use crate::Family;
 use crate::Protocol;
 
 /// The nfnetlink subsystem id of connection tracking.

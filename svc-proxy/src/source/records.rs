@@ -8,60 +8,28 @@ use super::Outbox;
 use crate::metrics::Metrics;
 use crate::objects::{Kind, Object, ObjectRef, Pod};
 use crate::store::{Delta, SourceId};
-use serde::Deserialize;
+use nodenet::attachment::{self, Attachment};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Default cni-bridge state directory (`--attachments`).
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/cni-bridge";
-/// Largest record read; records are a few hundred bytes.
-const MAX_RECORD_BYTES: u64 = 1 << 20;
+pub const DEFAULT_STATE_DIR: &str = attachment::DEFAULT_STATE_DIR;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Record {
-    version: u32,
-    phase: String,
-    #[serde(default)]
-    ips: Vec<String>,
-    pod_namespace: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-/// Whether `path` looks like a record file (`<containerId>.<ifname>.json`, not a temp file).
-pub fn is_record_name(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| !n.starts_with('.') && n.ends_with(".json") && n.matches('.').count() >= 2)
-}
-
-/// Parses one record; `Ok(None)` for a record that does not count (not `ready`).
-pub fn parse(name: String, text: &str) -> Result<Option<Pod>, String> {
-    let r: Record = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    if r.version != 1 {
-        return Err(format!("unsupported record version {}", r.version));
+/// The pod a record stands for, named `<network>/<file stem>`; `None` unless the ADD completed.
+pub fn pod_of(att: &Attachment) -> Option<Pod> {
+    if !att.is_ready() {
+        return None;
     }
-    if r.phase != "ready" {
-        return Ok(None);
-    }
-    let mut addresses = Vec::new();
-    for ip in &r.ips {
-        let addr = ip.split('/').next().unwrap_or_default();
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("ips: {ip:?} is not an address"))?;
-        addresses.push(addr);
-    }
-    Ok(Some(crate::validate::pod(
-        name,
-        r.pod_namespace.as_deref(),
-        addresses,
-        r.labels,
-    )))
+    let file = att.file_name();
+    let stem = file.strip_suffix(".json").unwrap_or(&file);
+    Some(crate::validate::pod(
+        format!("{}/{stem}", att.network),
+        att.pod_namespace.as_deref(),
+        att.addresses(),
+        att.labels.clone(),
+    ))
 }
 
 /// The pods cni-bridge attached, as last read.
@@ -82,41 +50,13 @@ impl RecordSource {
         }
     }
 
-    /// The record's identity: `<network>/<containerId>.<ifname>`.
-    fn name_of(&self, path: &Path) -> String {
-        let rel = path.strip_prefix(&self.dir).unwrap_or(path);
-        rel.with_extension("").display().to_string()
-    }
-
-    /// Reads one record file: `None` when it is gone, not ready, or unreadable (logged).
+    /// Reads one record file: `None` when it is gone, not ready, or refused (logged). The file
+    /// is opened without following symlinks and without blocking on a FIFO.
     fn load(&self, path: &Path) -> Option<Pod> {
-        let meta = match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        match attachment::read_file(path) {
+            Ok(att) => att.as_ref().and_then(pod_of),
             Err(e) => {
-                log::warn!("attachment record {}: {e}", path.display());
-                return None;
-            }
-        };
-        if !meta.is_file() || meta.len() > MAX_RECORD_BYTES {
-            log::warn!(
-                "attachment record {}: not a regular file of at most {MAX_RECORD_BYTES} bytes; ignored",
-                path.display()
-            );
-            return None;
-        }
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                log::warn!("attachment record {}: {e}", path.display());
-                return None;
-            }
-        };
-        match parse(self.name_of(path), &text) {
-            Ok(pod) => pod,
-            Err(e) => {
-                log::warn!("attachment record {}: ignored: {e}", path.display());
+                log::warn!("ignored: {e}");
                 self.metrics.invalid_object(SourceId::Records);
                 None
             }
@@ -125,22 +65,10 @@ impl RecordSource {
 
     /// All record files (one level of network directories).
     fn list(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let Ok(networks) = std::fs::read_dir(&self.dir) else {
-            return out;
-        };
-        for net in networks.flatten() {
-            if let Ok(files) = std::fs::read_dir(net.path()) {
-                out.extend(
-                    files
-                        .flatten()
-                        .map(|f| f.path())
-                        .filter(|p| is_record_name(p)),
-                );
-            }
-        }
-        out.sort();
-        out
+        attachment::record_files(&self.dir).unwrap_or_else(|e| {
+            log::warn!("attachment records: {e}");
+            Vec::new()
+        })
     }
 
     /// Re-reads every record: the initial list the first time, changed pods after that.
@@ -174,7 +102,7 @@ impl RecordSource {
             if !p.starts_with(&self.dir) {
                 continue;
             }
-            if is_record_name(p) {
+            if attachment::is_record_file(p) {
                 let new = self.load(p);
                 let old = match &new {
                     Some(pod) => self.pods.insert(p.clone(), pod.clone()),
@@ -254,70 +182,90 @@ fn delta(old: Option<&Pod>, new: Option<&Pod>) -> Option<Delta> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+
+    fn record(network: &str, id: &str, phase: &str, extra: &str) -> String {
+        format!(
+            r#"{{"version":1,"network":"{network}","containerId":"{id}","ifname":"eth0","phase":"{phase}","ips":["10.0.0.11/24"]{extra}}}"#
+        )
+    }
+
+    fn parse(text: &str) -> Option<Pod> {
+        pod_of(&attachment::parse(text.as_bytes(), Path::new("/s/home/c1.eth0.json")).unwrap())
+    }
 
     #[test]
     fn ready_records_count_and_namespace_defaults() {
-        let pod = parse("home/c1.eth0".into(), r#"{"version":1,"network":"home","containerId":"c1","ifname":"eth0","netns":"/proc/1/ns/net","phase":"ready","bridge":"bridge_home","hostVeth":"veth1","ips":["10.0.0.11/24"],"gateways":["10.0.0.1"],"labels":{"component":"app"}}"#)
-            .unwrap()
-            .unwrap();
+        let pod = parse(&record(
+            "home",
+            "c1",
+            "ready",
+            r#","labels":{"component":"app"}"#,
+        ))
+        .unwrap();
         assert_eq!(pod.namespace, "default");
         assert_eq!(pod.name, "home/c1.eth0");
         assert_eq!(pod.addresses, vec!["10.0.0.11".parse::<IpAddr>().unwrap()]);
         let sel = BTreeMap::from([("component".to_string(), "app".to_string())]);
         assert!(pod.matches("default", &sel));
         assert!(!pod.matches("prod", &sel));
+        let pod = parse(&record("home", "c1", "ready", r#","podNamespace":"prod""#)).unwrap();
+        assert_eq!(pod.namespace, "prod");
     }
 
     #[test]
-    fn adding_records_and_bad_records_do_not_count() {
-        assert_eq!(
-            parse(
-                "n".into(),
-                r#"{"version":1,"phase":"adding","ips":["10.0.0.11/24"]}"#
-            ),
-            Ok(None)
-        );
-        assert_eq!(
-            parse("n".into(), r#"{"version":2,"phase":"ready"}"#),
-            Err("unsupported record version 2".into())
-        );
-        assert_eq!(
-            parse(
-                "n".into(),
-                r#"{"version":1,"phase":"ready","ips":["x/24"]}"#
-            ),
-            Err("ips: \"x/24\" is not an address".into())
-        );
-        assert!(is_record_name(Path::new("/s/home/c1.eth0.json")));
-        assert!(!is_record_name(Path::new("/s/home/.c1.eth0.json.tmp")));
-        assert!(!is_record_name(Path::new("/s/home/lock")));
+    fn adding_records_do_not_count() {
+        assert_eq!(parse(&record("home", "c1", "adding", "")), None);
+    }
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn state_dir(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("svc-proxy-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.clone(), dir.join("home")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        Dir(dir)
     }
 
     #[test]
     fn records_are_listed_then_followed() {
-        let dir = std::env::temp_dir().join(format!("svc-proxy-records-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("home")).unwrap();
-        let record = |id: &str, phase: &str| {
-            format!(
-                r#"{{"version":1,"containerId":"{id}","ifname":"eth0","phase":"{phase}","ips":["10.0.0.11/24"]}}"#
-            )
-        };
-        std::fs::write(dir.join("home/c1.eth0.json"), record("c1", "ready")).unwrap();
-        std::fs::write(dir.join("home/c2.eth0.json"), record("c2", "adding")).unwrap();
+        let d = state_dir("records");
+        let dir = &d.0;
+        std::fs::write(
+            dir.join("home/c1.eth0.json"),
+            record("home", "c1", "ready", ""),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("home/c2.eth0.json"),
+            record("home", "c2", "adding", ""),
+        )
+        .unwrap();
         let mut s = RecordSource::new(dir.clone(), Arc::new(Metrics::default()));
         let first = s.rescan();
         assert!(
             matches!(&first[..], [Delta::Replace { kind: Kind::Pod, objects, .. }] if objects.len() == 1),
             "{first:?}"
         );
-        std::fs::write(dir.join("home/c2.eth0.json"), record("c2", "ready")).unwrap();
+        std::fs::write(
+            dir.join("home/c2.eth0.json"),
+            record("home", "c2", "ready", ""),
+        )
+        .unwrap();
         std::fs::remove_file(dir.join("home/c1.eth0.json")).unwrap();
         let deltas = s.paths_changed(&BTreeSet::from([
             dir.join("home/c1.eth0.json"),
             dir.join("home/c2.eth0.json"),
         ]));
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             deltas,
             vec![
@@ -330,5 +278,45 @@ mod tests {
                 })),
             ]
         );
+    }
+
+    #[test]
+    fn misplaced_fifo_and_broken_records_are_refused_without_blocking() {
+        let d = state_dir("records-bad");
+        let dir = &d.0;
+        let metrics = Arc::new(Metrics::default());
+        // Content naming another attachment than the file it is in.
+        std::fs::write(
+            dir.join("home/c1.eth0.json"),
+            record("home", "c9", "ready", ""),
+        )
+        .unwrap();
+        // Another network's record copied here.
+        std::fs::write(
+            dir.join("home/c2.eth0.json"),
+            record("work", "c2", "ready", ""),
+        )
+        .unwrap();
+        // A FIFO where a record should be: refused, not waited on.
+        nix::unistd::mkfifo(
+            &dir.join("home/c3.eth0.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        std::fs::write(dir.join("home/c4.eth0.json"), b"{not json").unwrap();
+        std::fs::write(
+            dir.join("home/c5.eth0.json"),
+            record("home", "c5", "ready", ""),
+        )
+        .unwrap();
+        let mut s = RecordSource::new(dir.clone(), metrics);
+        let first = s.rescan();
+        match &first[..] {
+            [Delta::Replace { objects, .. }] => {
+                let names: Vec<_> = objects.iter().map(|o| o.reference().key.name).collect();
+                assert_eq!(names, vec!["home/c5.eth0".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
