@@ -125,7 +125,7 @@ pub fn add(
             ipset.header(&set).map_err(err)?.map_or(0, |i| i.references),
             rules.expected_references()
         );
-        rules.ensure(Some(&ipset)).map_err(err)?;
+        rules.ensure().map_err(err)?;
         if !rules.proven(&ipset).map_err(err)? {
             log::warn!(
                 "set {set} is used by rules other than cni-bridge's: its rules will be \

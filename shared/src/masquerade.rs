@@ -2,17 +2,18 @@
 //! from a built-in chain, for cni-bridge (pod traffic leaving a network) and svc-proxy (a pod
 //! reaching itself through a virtual service).
 //!
-//! The rules are static: written by exec'ing `iptables-restore --noflush`, which replaces the
-//! chain's content atomically (no moment with half the rules), and `iptables -C/-A` for the jump.
-//! When every rule matches the set (`-m set --match-set SET ...`), the kernel counts them as
-//! references of that set, so [`MasqueradeRules::proven`] verifies them with one netlink
-//! round trip and no exec: a set whose count differs from the number of rules gets its rules
-//! rewritten.
+//! The rules are static and written as every rule of ours is, by [`crate::ruleset`]: compared
+//! with `iptables-save` and repaired in one `iptables-restore --noflush` transaction (the chain's
+//! content replaced atomically, a missing jump appended, extra copies of it deleted). When every
+//! rule matches the set (`-m set --match-set SET ...`), the kernel counts them as references of
+//! that set, so [`MasqueradeRules::proven`] verifies them with one netlink round trip and no
+//! exec: a set whose count differs from the number of rules gets its rules rewritten.
 
 use ipnetwork::IpNetwork;
 
 use crate::ipset::{self, Ipset};
-use crate::iptables::{Iptables, IptablesError, Position};
+use crate::iptables::{Iptables, IptablesError};
+use crate::ruleset::{rule_line, Chain, Jump, Place, Ruleset};
 use crate::Family;
 
 const TABLE: &str = "nat";
@@ -122,6 +123,33 @@ impl MasqueradeRules {
         out
     }
 
+    /// The rules as a [`Ruleset`]: our chain, and the jump to it appended to [`Self::from`].
+    pub fn ruleset(&self) -> Result<Ruleset> {
+        let invalid = |e: crate::ruleset::Unquotable| MasqueradeError::Invalid {
+            set: self.set.clone(),
+            why: e.to_string(),
+        };
+        let rules = self
+            .chain_rules()
+            .iter()
+            .map(|r| rule_line(r))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        Ok(Ruleset {
+            chains: vec![Chain {
+                table: TABLE,
+                name: self.chain.clone(),
+                rules,
+            }],
+            jumps: vec![Jump {
+                table: TABLE,
+                from: self.from,
+                rule: rule_line(&self.jump_rule()).map_err(invalid)?,
+                place: Place::Last,
+            }],
+        })
+    }
+
     /// How many kernel references the set has when exactly these rules exist.
     pub fn expected_references(&self) -> u32 {
         let chain = if self.rules_match_set {
@@ -136,29 +164,13 @@ impl MasqueradeRules {
         Iptables::new(self.family)
     }
 
-    /// The `iptables-restore --noflush` input that (re)creates the chain with exactly its rules.
+    /// The `iptables-restore --noflush` input that writes the rules into a table holding none
+    /// of them.
     pub fn restore_input(&self) -> Result<String> {
-        let mut out = format!("*{TABLE}\n:{} - [0:0]\n", self.chain);
-        for rule in self.chain_rules() {
-            out.push_str(&format!("-A {}", self.chain));
-            for arg in rule {
-                if arg.contains(['"', '\\', '\n']) {
-                    return Err(MasqueradeError::Invalid {
-                        set: self.set.clone(),
-                        why: format!("argument {arg:?} cannot be quoted"),
-                    });
-                }
-                if arg.contains(' ') {
-                    out.push_str(&format!(" \"{arg}\""));
-                } else {
-                    out.push(' ');
-                    out.push_str(&arg);
-                }
-            }
-            out.push('\n');
-        }
-        out.push_str("COMMIT\n");
-        Ok(out)
+        let rules = self.ruleset()?;
+        Ok(rules
+            .repair(TABLE, "")
+            .expect("an empty table lacks every rule"))
     }
 
     /// Whether the rules are in place, without exec: the set's kernel reference count equals
@@ -170,52 +182,20 @@ impl MasqueradeRules {
             .is_some_and(|info| info.references == self.expected_references()))
     }
 
-    /// Writes the rules (exec): the chain's content replaced in one transaction, then the jump
-    /// appended unless present. Returns whether the jump had to be added. Extra copies of the
-    /// jump (which the reference count would otherwise never stop seeing) are removed when
-    /// `ipset` is given.
-    pub fn ensure(&self, ipset: Option<&Ipset>) -> Result<bool> {
-        let ipt = self.iptables();
-        ipt.restore(&self.restore_input()?)?;
-        let jump = self.jump_rule();
-        let args: Vec<&str> = jump.iter().map(String::as_str).collect();
-        let added = ipt.ensure_rule(TABLE, self.from, &args, Position::Append)?;
-        if let (Some(ipset), true) = (ipset, self.jump_matches_set) {
-            let expected = self.expected_references();
-            // Bounded: each pass removes one copy; a foreign rule using the set is left alone.
-            for _ in 0..8 {
-                let refs = ipset.header(&self.set)?.map_or(0, |i| i.references);
-                if refs <= expected || !ipt.delete_rule(TABLE, self.from, &args)? {
-                    break;
-                }
-                ipt.ensure_rule(TABLE, self.from, &args, Position::Append)?;
-            }
-        }
-        Ok(added)
+    /// Makes the table hold exactly these rules, the jump once (exec: one `iptables-save`, and
+    /// one `iptables-restore` when something differs). Returns whether anything was repaired.
+    pub fn ensure(&self) -> Result<bool> {
+        Ok(!self.ruleset()?.ensure(&self.iptables())?.is_empty())
     }
 
-    /// The first rule missing (exec, `iptables -C` per rule), as `-t nat -A CHAIN ARGS`.
+    /// The first rule missing (exec, one `iptables-save`), as `-t nat -A CHAIN ARGS`.
     pub fn missing(&self) -> Result<Option<String>> {
-        let ipt = self.iptables();
-        for (chain, rule) in self.rules() {
-            let args: Vec<&str> = rule.iter().map(String::as_str).collect();
-            if !ipt.rule_exists(TABLE, &chain, &args)? {
-                return Ok(Some(format!("-t {TABLE} -A {chain} {}", rule.join(" "))));
-            }
-        }
-        Ok(None)
+        Ok(self.ruleset()?.missing(&self.iptables())?)
     }
 
     /// Deletes the jump (every copy) and the chain; returns whether anything was there.
     pub fn remove(&self) -> Result<bool> {
-        let ipt = self.iptables();
-        let jump = self.jump_rule();
-        let args: Vec<&str> = jump.iter().map(String::as_str).collect();
-        let mut removed = false;
-        while ipt.delete_rule(TABLE, self.from, &args)? {
-            removed = true;
-        }
-        Ok(ipt.delete_chain(TABLE, &self.chain)? || removed)
+        Ok(self.ruleset()?.remove(&self.iptables())?)
     }
 
     /// The `iptables`/`ip6tables` program these rules are written with, for messages.
@@ -265,8 +245,10 @@ mod tests {
             "*nat\n:CNIB-0123 - [0:0]\n\
              -A CNIB-0123 -d 10.0.0.0/24 -m set --match-set CNIB-0123 src -m comment --comment \"cni-bridge: podnet\" -j RETURN\n\
              -A CNIB-0123 ! -d 224.0.0.0/4 -m set --match-set CNIB-0123 src -m comment --comment \"cni-bridge: podnet\" -j MASQUERADE\n\
+             -A POSTROUTING -m set --match-set CNIB-0123 src -m comment --comment \"cni-bridge: podnet\" -j CNIB-0123\n\
              COMMIT\n"
         );
+        assert_eq!(r.ruleset().unwrap().set_references("CNIB-0123"), 3);
     }
 
     #[test]
@@ -310,5 +292,6 @@ mod tests {
             r.restore_input(),
             Err(MasqueradeError::Invalid { .. })
         ));
+        assert!(matches!(r.ruleset(), Err(MasqueradeError::Invalid { .. })));
     }
 }

@@ -1,8 +1,9 @@
-//! A daemon's own iptables chains with their exact rules, and the jumps to them from built-in
-//! chains: compared with what `iptables-save` prints, and repaired in one `iptables-restore
-//! --noflush` transaction that rewrites only the chains that differ and adds only the missing
-//! jumps. Rules are written in the form `iptables-save` prints them, so the comparison is line
-//! for line. Nothing outside the named chains is touched, except the jumps.
+//! The one way our iptables rules are written: a daemon's or plugin's own chains with their exact
+//! rules, and the jumps to them from built-in chains, compared with what `iptables-save` prints
+//! and repaired in one `iptables-restore --noflush` transaction that rewrites only the chains that
+//! differ, adds only the missing jumps and deletes extra copies of them. Rules are held in the
+//! form `iptables-save` prints them ([`rule_line`]), so the comparison is line for line. Nothing
+//! outside the named chains is touched, except the jumps.
 
 use crate::iptables::{Iptables, IptablesError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,24 +12,75 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub table: &'static str,
-    pub name: &'static str,
+    pub name: String,
     pub rules: Vec<String>,
 }
 
-/// An unconditional jump from a built-in chain to one of ours (`-A FROM -j TO`), put first in
-/// `FROM` when it is added.
+/// Where a missing jump is put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// First in the chain (`-I`): traffic reaches ours before anything else.
+    First,
+    /// Last in the chain (`-A`): after what others put there.
+    Last,
+}
+
+/// A jump from a built-in chain to one of ours: `-A FROM RULE` where `rule` ends in `-j CHAIN`
+/// and may match first (a set, a comment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Jump {
     pub table: &'static str,
     pub from: &'static str,
-    pub to: &'static str,
+    /// The rule after `-A FROM `, in `iptables-save` form.
+    pub rule: String,
+    pub place: Place,
 }
 
-/// Chains and jumps that must exist exactly so.
+impl Jump {
+    /// An unconditional jump, put first: `-A FROM -j TO`.
+    pub fn to(table: &'static str, from: &'static str, to: &str) -> Jump {
+        Jump {
+            table,
+            from,
+            rule: format!("-j {to}"),
+            place: Place::First,
+        }
+    }
+}
+
+/// Chains and jumps that must exist exactly so (each jump once).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: Vec<Chain>,
     pub jumps: Vec<Jump>,
+}
+
+/// An argument that cannot be written in `iptables-restore` input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("iptables argument {0:?} cannot be quoted")]
+pub struct Unquotable(pub String);
+
+/// One rule's arguments in `iptables-save` form: an argument with a space is double-quoted (as
+/// `iptables-save` prints a comment), one with a quote, backslash or newline is refused.
+pub fn rule_line<S: AsRef<str>>(args: &[S]) -> Result<String, Unquotable> {
+    let mut out = String::new();
+    for arg in args {
+        let arg = arg.as_ref();
+        if arg.contains(['"', '\\', '\n', '\0']) || arg.is_empty() {
+            return Err(Unquotable(arg.to_string()));
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if arg.contains(' ') {
+            out.push('"');
+            out.push_str(arg);
+            out.push('"');
+        } else {
+            out.push_str(arg);
+        }
+    }
+    Ok(out)
 }
 
 /// What `iptables-save` shows of one table: the rules of each chain, in order.
@@ -55,6 +107,14 @@ fn parse(saved: &str) -> Saved {
     s
 }
 
+impl Saved {
+    fn copies(&self, j: &Jump) -> usize {
+        self.chains
+            .get(j.from)
+            .map_or(0, |rules| rules.iter().filter(|r| **r == j.rule).count())
+    }
+}
+
 impl Ruleset {
     /// The tables the ruleset uses.
     pub fn tables(&self) -> BTreeSet<&'static str> {
@@ -65,31 +125,36 @@ impl Ruleset {
             .collect()
     }
 
+    /// How many of the rules match ipset `set` (`--match-set SET `): the kernel's reference count
+    /// of the set when exactly these rules exist and nothing else uses it, so one netlink read
+    /// of the set proves them present without an exec.
+    pub fn set_references(&self, set: &str) -> u32 {
+        let needle = format!("--match-set {set} ");
+        let chains = self.chains.iter().flat_map(|c| &c.rules);
+        let jumps = self.jumps.iter().map(|j| &j.rule);
+        chains.chain(jumps).filter(|r| r.contains(&needle)).count() as u32
+    }
+
     /// The restore input that repairs `table` given what `iptables-save -t TABLE` printed, or
-    /// `None` when it already holds exactly our chains and every jump.
+    /// `None` when it already holds exactly our chains and each jump once.
     pub fn repair(&self, table: &str, saved: &str) -> Option<String> {
         let saved = parse(saved);
-        let mut out = String::new();
         let stale: Vec<&Chain> = self
             .chains
             .iter()
-            .filter(|c| c.table == table && saved.chains.get(c.name) != Some(&c.rules))
+            .filter(|c| c.table == table && saved.chains.get(&c.name) != Some(&c.rules))
             .collect();
-        let missing: Vec<&Jump> = self
+        let jumps: Vec<(&Jump, usize)> = self
             .jumps
             .iter()
-            .filter(|j| {
-                j.table == table
-                    && !saved
-                        .chains
-                        .get(j.from)
-                        .is_some_and(|rules| rules.contains(&format!("-j {}", j.to)))
-            })
+            .filter(|j| j.table == table)
+            .map(|j| (j, saved.copies(j)))
+            .filter(|(_, n)| *n != 1)
             .collect();
-        if stale.is_empty() && missing.is_empty() {
+        if stale.is_empty() && jumps.is_empty() {
             return None;
         }
-        out.push_str(&format!("*{table}\n"));
+        let mut out = format!("*{table}\n");
         // Declaring a chain creates it, or flushes it for the rules that follow.
         for c in &stale {
             out.push_str(&format!(":{} - [0:0]\n", c.name));
@@ -99,11 +164,52 @@ impl Ruleset {
                 out.push_str(&format!("-A {} {r}\n", c.name));
             }
         }
-        for j in &missing {
-            out.push_str(&format!("-I {} -j {}\n", j.from, j.to));
+        for (j, copies) in &jumps {
+            match (copies, j.place) {
+                (0, Place::First) => out.push_str(&format!("-I {} {}\n", j.from, j.rule)),
+                (0, Place::Last) => out.push_str(&format!("-A {} {}\n", j.from, j.rule)),
+                // Extra copies (two writers raced): each `-D` deletes one.
+                (n, _) => {
+                    for _ in 1..*n {
+                        out.push_str(&format!("-D {} {}\n", j.from, j.rule));
+                    }
+                }
+            }
         }
         out.push_str("COMMIT\n");
         Some(out)
+    }
+
+    /// The first rule of ours `saved` lacks, as `-t TABLE -A CHAIN RULE` (for messages).
+    pub fn missing_in(&self, table: &str, saved: &str) -> Option<String> {
+        let saved = parse(saved);
+        for c in self.chains.iter().filter(|c| c.table == table) {
+            let have = saved.chains.get(&c.name);
+            if have.is_none() && c.rules.is_empty() {
+                return Some(format!("-t {table} -N {}", c.name));
+            }
+            if let Some(r) = c
+                .rules
+                .iter()
+                .find(|r| !have.is_some_and(|h| h.contains(r)))
+            {
+                return Some(format!("-t {table} -A {} {r}", c.name));
+            }
+        }
+        self.jumps
+            .iter()
+            .find(|j| j.table == table && saved.copies(j) == 0)
+            .map(|j| format!("-t {table} -A {} {}", j.from, j.rule))
+    }
+
+    /// The first rule of ours missing from the kernel (one `iptables-save` per table).
+    pub fn missing(&self, ipt: &Iptables) -> Result<Option<String>, IptablesError> {
+        for table in self.tables() {
+            if let Some(m) = self.missing_in(table, &ipt.save(table)?) {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
     }
 
     /// Makes the kernel hold exactly the ruleset (one `iptables-save` per table, and one
@@ -120,32 +226,34 @@ impl Ruleset {
         Ok(repaired)
     }
 
-    /// Deletes every jump to our chains (each copy) and then the chains; returns whether
-    /// anything was there.
+    /// Deletes every copy of our jumps, then our chains, in one transaction per table; returns
+    /// whether anything was there.
     pub fn remove(&self, ipt: &Iptables) -> Result<bool, IptablesError> {
         let mut removed = false;
-        for j in &self.jumps {
-            while ipt.delete_rule(j.table, j.from, &["-j", j.to])? {
-                removed = true;
-            }
-        }
-        // Chains of ours may jump to each other: flush them all before deleting any.
         for table in self.tables() {
             let saved = parse(&ipt.save(table)?);
             let ours: Vec<&Chain> = self
                 .chains
                 .iter()
-                .filter(|c| c.table == table && saved.chains.contains_key(c.name))
+                .filter(|c| c.table == table && saved.chains.contains_key(&c.name))
                 .collect();
-            if ours.is_empty() {
-                continue;
-            }
             let mut input = format!("*{table}\n");
+            let mut any = false;
+            for j in self.jumps.iter().filter(|j| j.table == table) {
+                for _ in 0..saved.copies(j) {
+                    input.push_str(&format!("-D {} {}\n", j.from, j.rule));
+                    any = true;
+                }
+            }
+            // Chains of ours may jump to each other: flush them all before deleting any.
             for c in &ours {
                 input.push_str(&format!(":{} - [0:0]\n", c.name));
             }
             for c in &ours {
                 input.push_str(&format!("-X {}\n", c.name));
+            }
+            if !any && ours.is_empty() {
+                continue;
             }
             input.push_str("COMMIT\n");
             ipt.restore(&input)?;
@@ -164,20 +272,16 @@ mod tests {
             chains: vec![
                 Chain {
                     table: "nat",
-                    name: "OURS-A",
+                    name: "OURS-A".into(),
                     rules: vec!["-j OURS-B".into()],
                 },
                 Chain {
                     table: "nat",
-                    name: "OURS-B",
+                    name: "OURS-B".into(),
                     rules: vec!["-j MASQUERADE --random-fully".into()],
                 },
             ],
-            jumps: vec![Jump {
-                table: "nat",
-                from: "POSTROUTING",
-                to: "OURS-A",
-            }],
+            jumps: vec![Jump::to("nat", "POSTROUTING", "OURS-A")],
         }
     }
 
@@ -208,5 +312,57 @@ mod tests {
             None,
             "nothing of ours there"
         );
+    }
+
+    #[test]
+    fn duplicate_jumps_are_deleted_and_conditional_jumps_appended() {
+        let mut r = ruleset();
+        r.jumps.push(Jump {
+            table: "nat",
+            from: "POSTROUTING",
+            rule: rule_line(&[
+                "-m",
+                "set",
+                "--match-set",
+                "S",
+                "src",
+                "-m",
+                "comment",
+                "--comment",
+                "ours: n",
+                "-j",
+                "OURS-B",
+            ])
+            .unwrap(),
+            place: Place::Last,
+        });
+        let base = "*nat\n:POSTROUTING ACCEPT [0:0]\n:OURS-A - [0:0]\n:OURS-B - [0:0]\n-A POSTROUTING -j OURS-A\n-A POSTROUTING -j OURS-A\n-A OURS-A -j OURS-B\n-A OURS-B -j MASQUERADE --random-fully\nCOMMIT\n";
+        assert_eq!(
+            r.repair("nat", base).unwrap(),
+            "*nat\n-D POSTROUTING -j OURS-A\n-A POSTROUTING -m set --match-set S src -m comment --comment \"ours: n\" -j OURS-B\nCOMMIT\n"
+        );
+        assert_eq!(
+            r.missing_in("nat", base).unwrap(),
+            "-t nat -A POSTROUTING -m set --match-set S src -m comment --comment \"ours: n\" -j OURS-B"
+        );
+        assert_eq!(ruleset().missing_in("nat", base), None);
+        assert_eq!(
+            ruleset().missing_in("nat", "*nat\nCOMMIT\n").unwrap(),
+            "-t nat -A OURS-A -j OURS-B"
+        );
+    }
+
+    #[test]
+    fn arguments_are_written_as_iptables_save_prints_them() {
+        assert_eq!(
+            rule_line(&["-m", "comment", "--comment", "a b", "-j", "X"]).unwrap(),
+            "-m comment --comment \"a b\" -j X"
+        );
+        for bad in ["a \"b\"", "a\\b", "a\nb", ""] {
+            assert_eq!(
+                rule_line(&["--comment", bad]),
+                Err(Unquotable(bad.to_string()))
+            );
+        }
     }
 }

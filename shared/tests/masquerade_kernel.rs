@@ -52,12 +52,37 @@ fn the_reference_count_proves_the_rules_and_ensure_repairs_them() {
         .create(&SetSpec::new(set, SetType::HashIp, Family::V4))
         .unwrap();
     let r = rules(set);
+    // Someone else's rule in the chain we jump from: never touched.
+    let foreign = "-A POSTROUTING -s 192.0.2.0/24 -m comment --comment \"not ours\" -j MASQUERADE";
+    run(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            "192.0.2.0/24",
+            "-m",
+            "comment",
+            "--comment",
+            "not ours",
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    let has_foreign = || {
+        run("iptables-save", &["-t", "nat"])
+            .lines()
+            .any(|l| l == foreign)
+    };
+    assert!(has_foreign());
     assert_eq!(r.expected_references(), 4);
     assert_eq!(ipset.header(set).unwrap().unwrap().references, 0);
     assert!(!r.proven(&ipset).unwrap(), "no rules yet");
     assert_eq!(r.missing().unwrap().map(|m| m.contains(set)), Some(true));
 
-    assert!(r.ensure(Some(&ipset)).unwrap(), "the jump was added");
+    assert!(r.ensure().unwrap(), "written");
     assert_eq!(rules_naming(set), 4);
     assert_eq!(ipset.header(set).unwrap().unwrap().references, 4);
     assert_eq!(references_by_tool(set), 4);
@@ -67,7 +92,8 @@ fn the_reference_count_proves_the_rules_and_ensure_repairs_them() {
     // Damage: the chain flushed, then a duplicate jump; each is seen and repaired.
     run("iptables", &["-t", "nat", "-F", set]);
     assert!(!r.proven(&ipset).unwrap());
-    assert!(!r.ensure(Some(&ipset)).unwrap(), "the jump was still there");
+    assert!(r.ensure().unwrap(), "the chain was rewritten");
+    assert!(!r.ensure().unwrap(), "nothing left to repair");
     assert!(r.proven(&ipset).unwrap());
     let jump: Vec<String> = r.jump_rule();
     let mut args = vec!["-t", "nat", "-A", "POSTROUTING"];
@@ -75,7 +101,7 @@ fn the_reference_count_proves_the_rules_and_ensure_repairs_them() {
     run("iptables", &args);
     assert_eq!(ipset.header(set).unwrap().unwrap().references, 5);
     assert!(!r.proven(&ipset).unwrap());
-    r.ensure(Some(&ipset)).unwrap();
+    assert!(r.ensure().unwrap(), "the extra jump was deleted");
     assert!(r.proven(&ipset).unwrap());
     assert_eq!(rules_naming(set), 4);
 
@@ -83,6 +109,10 @@ fn the_reference_count_proves_the_rules_and_ensure_repairs_them() {
     assert_eq!(rules_naming(set), 0);
     assert_eq!(ipset.header(set).unwrap().unwrap().references, 0);
     assert!(!r.remove().unwrap());
+    assert!(
+        has_foreign(),
+        "the foreign rule survived every repair and the removal"
+    );
     assert_eq!(ipset.header("nlw-absent").unwrap(), None);
     assert!(!rules("nlw-absent").proven(&ipset).unwrap());
 }

@@ -127,14 +127,7 @@ pub fn spec(set: SetId) -> SetSpec {
 pub fn expected_references(ruleset: &Ruleset, v6: bool) -> BTreeMap<SetId, u32> {
     let mut out = BTreeMap::new();
     for set in SetId::family(v6) {
-        let name = format!(" {} ", set.name());
-        let n = ruleset
-            .chains
-            .iter()
-            .flat_map(|c| &c.rules)
-            .filter(|r| r.contains(&name))
-            .count() as u32;
-        out.insert(set, n);
+        out.insert(set, ruleset.set_references(&set.name()));
     }
     out
 }

@@ -199,9 +199,12 @@ pub fn ruleset(v6: bool, o: &RuleOptions) -> Ruleset {
         "dst,dst -j DROP",
     ])];
 
-    let chain =
-        |table: &'static str, name: &'static str, rules: Vec<String>| Chain { table, name, rules };
-    let jump = |table: &'static str, from: &'static str, to: &'static str| Jump { table, from, to };
+    let chain = |table: &'static str, name: &str, rules: Vec<String>| Chain {
+        table,
+        name: name.to_string(),
+        rules,
+    };
+    let jump = Jump::to;
     Ruleset {
         chains: vec![
             chain("nat", "SVCPROXY-SERVICES", services),
