@@ -155,7 +155,7 @@ pub fn del(network: &str, ips: &[IpAddr], generations: &[SetGeneration]) -> Resu
     Ok(())
 }
 
-/// CHECK: every address is in its set and every rule is present (exec, `iptables -C`).
+/// CHECK: every address is in its set and every rule is present (exec, one `iptables-save`).
 pub fn check(
     network: &str,
     ips: &[IpAddr],
