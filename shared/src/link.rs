@@ -648,19 +648,6 @@ impl Rtnl {
         tolerate(outcome, format!("add route {route:?}"), &[Errno::EEXIST])
     }
 
-    /// `ip route replace DST [via GW] [dev IFACE] proto N`: creates the route, or replaces the
-    /// one to the same destination.
-    pub async fn replace_route(&self, route: &Route) -> Result<()> {
-        let msg = Self::route_message(route);
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err(format!("replace route {route:?}")))
-    }
-
     /// `ip route del DST [via GW] proto N`; `false` when it was not there.
     pub async fn del_route(&self, route: &Route) -> Result<bool> {
         let msg = Self::route_message(route);

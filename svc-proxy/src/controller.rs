@@ -395,6 +395,8 @@ impl<D: Dataplane> Controller<D> {
             self.derived.desired().services.len(),
             self.derived.endpoint_count(),
         );
+        self.metrics
+            .no_local_endpoints(&self.derived.no_local_endpoints());
     }
 
     fn in_backoff(&self, scope: &Scope, now: Instant) -> bool {

@@ -3,7 +3,7 @@
 //! services, set members and addresses to re-plan, so it costs the same at any number of
 //! Services. Members and addresses that several virtual services want are counted.
 
-use crate::desired::{self, NodeView, ServicePlan};
+use crate::desired::{self, NodeView, ServicePlan, TrafficPolicy};
 use crate::model::{Desired, Member, PodRoute, ServiceKey, SetId};
 use crate::objects::NamespacedName;
 use crate::plan::Subset;
@@ -31,6 +31,8 @@ pub struct Derived {
     member_refs: HashMap<(SetId, Member), usize>,
     /// Health check node ports of `Local` load balancers: port -> (Service, local endpoints).
     health: BTreeMap<u16, (NamespacedName, usize)>,
+    /// Services with a `Local` policy and no local endpoint, by policy and family.
+    no_local: BTreeMap<NamespacedName, BTreeSet<(TrafficPolicy, bool)>>,
     endpoints: usize,
     /// No VIP:port claimed twice: per-Service updates equal a full derive.
     exact: bool,
@@ -51,6 +53,7 @@ impl Derived {
             bound_refs: HashMap::new(),
             member_refs: HashMap::new(),
             health: BTreeMap::new(),
+            no_local: BTreeMap::new(),
             endpoints: 0,
             exact: false,
             conflicts: 0,
@@ -75,6 +78,15 @@ impl Derived {
     /// Health check node ports wanted: port -> (Service, local ready endpoints).
     pub fn health(&self) -> &BTreeMap<u16, (NamespacedName, usize)> {
         &self.health
+    }
+
+    /// How many Services have a `Local` policy and no local endpoint, per (policy, IPv6).
+    pub fn no_local_endpoints(&self) -> BTreeMap<(TrafficPolicy, bool), usize> {
+        let mut out = BTreeMap::new();
+        for key in self.no_local.values().flatten() {
+            *out.entry(*key).or_default() += 1;
+        }
+        out
     }
 
     pub fn node(&self) -> &NodeView {
@@ -114,6 +126,7 @@ impl Derived {
         self.bound_refs.clear();
         self.member_refs.clear();
         self.health.clear();
+        self.no_local.clear();
         self.endpoints = 0;
         let names: Vec<NamespacedName> = store.service_names().cloned().collect();
         let mut conflicts = Vec::new();
@@ -208,6 +221,9 @@ impl Derived {
         if let Some((port, count)) = plan.health {
             self.health.insert(port, (name.clone(), count));
         }
+        if !plan.no_local.is_empty() {
+            self.no_local.insert(name.clone(), plan.no_local);
+        }
         self.contributions.insert(name.clone(), c);
         clashes
     }
@@ -241,6 +257,7 @@ impl Derived {
             }
         }
         self.health.retain(|_, (n, _)| n != name);
+        self.no_local.remove(name);
     }
 }
 

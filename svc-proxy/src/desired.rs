@@ -48,6 +48,27 @@ pub struct ServicePlan {
     /// Its health check node port and how many local ready endpoints it has
     /// (`externalTrafficPolicy: Local` load balancers).
     pub health: Option<(u16, usize)>,
+    /// The `Local` policies it has no local endpoint for while the cluster has some, per family
+    /// (`true` = IPv6): kube-proxy's `sync_proxy_rules_no_local_endpoints_total`.
+    pub no_local: BTreeSet<(TrafficPolicy, bool)>,
+}
+
+/// Which traffic a policy governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TrafficPolicy {
+    /// `internalTrafficPolicy`: traffic to the cluster IPs.
+    Internal,
+    /// `externalTrafficPolicy`: traffic to node ports, external and load-balancer IPs.
+    External,
+}
+
+impl TrafficPolicy {
+    pub fn label(self) -> &'static str {
+        match self {
+            TrafficPolicy::Internal => "internal",
+            TrafficPolicy::External => "external",
+        }
+    }
 }
 
 /// An endpoint of one Service port, one address family, with what its slice says of it.
@@ -107,6 +128,17 @@ pub fn service(
                     .map(|c| c.addr.ip()),
             );
             let (cluster, local) = categorize(&candidates, uses_cluster, uses_local, node);
+            let usable = candidates
+                .iter()
+                .any(|c| c.ready || (c.serving && c.terminating));
+            if local.is_empty() && usable {
+                if svc.internal_policy_local {
+                    plan.no_local.insert((TrafficPolicy::Internal, !v4));
+                }
+                if svc.external_policy_local && externally_accessible {
+                    plan.no_local.insert((TrafficPolicy::External, !v4));
+                }
+            }
             let internal = if svc.internal_policy_local && !local.is_empty() {
                 local.clone()
             } else {

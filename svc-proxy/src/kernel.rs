@@ -365,21 +365,29 @@ impl Kernel {
         Ok((ips, nets))
     }
 
-    /// Our pod routes (those with [`ROUTE_PROTOCOL`]).
-    fn pod_routes(&mut self) -> Result<BTreeSet<PodRoute>> {
-        let mut out = BTreeSet::new();
+    /// Our pod routes (those with [`ROUTE_PROTOCOL`]), and the destinations of every other route
+    /// of the main table.
+    fn pod_routes(&mut self) -> Result<(BTreeSet<PodRoute>, BTreeSet<IpNetwork>)> {
+        let mut ours = BTreeSet::new();
+        let mut foreign = BTreeSet::new();
         for &v6 in self.families() {
             let routes = self
                 .rt
                 .block_on(self.rtnl.routes(family(v6)))
                 .map_err(|e| err("routes")(&e))?;
-            for r in routes.into_iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
-                if let Some(via) = r.gateway {
-                    out.insert(PodRoute { dst: r.dst, via });
+            for r in routes {
+                match (r.protocol == ROUTE_PROTOCOL, r.gateway) {
+                    (true, Some(via)) => {
+                        ours.insert(PodRoute { dst: r.dst, via });
+                    }
+                    (true, None) => {}
+                    (false, _) => {
+                        foreign.insert(r.dst);
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok((ours, foreign))
     }
 
     /// Lists our sets of the families in use, and books their reference counts.
@@ -450,10 +458,19 @@ impl Kernel {
                 oif: None,
                 protocol: ROUTE_PROTOCOL,
             };
+            // Never a replace: that would take over another route to the same destination. A
+            // gateway change is planned as the old route's delete before the new one's add.
             let done = if add {
-                rtnl.replace_route(&route).await
+                match rtnl.add_route(&route).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("another route to {} exists", route.dst)),
+                    Err(e) => Err(e.to_string()),
+                }
             } else {
-                rtnl.del_route(&route).await.map(|_| ())
+                rtnl.del_route(&route)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             };
             done.map_err(|e| DataplaneError::new(op, e))
         });
@@ -724,7 +741,7 @@ impl Dataplane for Kernel {
         observed.node_addresses = ips;
         observed.node_networks = nets;
         observed.sets = self.observe_sets()?;
-        observed.routes = self.pod_routes()?;
+        (observed.routes, observed.foreign_routes) = self.pod_routes()?;
         let ipvs = self.ipvs()?;
         for s in ipvs
             .services()
@@ -900,7 +917,7 @@ impl Dataplane for Kernel {
             }
         }
         let routes: Vec<PodRoute> = match self.pod_routes() {
-            Ok(r) => r.into_iter().collect(),
+            Ok((ours, _)) => ours.into_iter().collect(),
             Err(e) => {
                 note("pod routes", Err(e.to_string()));
                 Vec::new()

@@ -148,7 +148,7 @@ struct RunArgs {
     /// Must be "ipvs" (or empty): kube-proxy's other modes are not svc-proxy.
     #[arg(long, value_name = "MODE")]
     proxy_mode: Option<String>,
-    /// How long a removed TCP/SCTP real server drains at weight 0 before it is deleted even with
+    /// How long a removed TCP real server drains at weight 0 before it is deleted even with
     /// connections left (UDP ones are deleted at once).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_go_duration)]
     graceful_timeout: Duration,

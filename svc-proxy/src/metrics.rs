@@ -39,6 +39,12 @@ struct FamilyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    traffic_policy: &'static str,
+    ip_family: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: &'static str,
 }
@@ -81,6 +87,7 @@ pub struct Metrics {
     kp_service_changes: Counter,
     kp_endpoint_pending: Gauge,
     kp_service_pending: Gauge,
+    kp_no_local: Family<PolicyLabel, Gauge>,
     kp_healthz: Family<CodeLabel, Counter>,
     kp_livez: Family<CodeLabel, Counter>,
 }
@@ -107,6 +114,7 @@ impl Default for Metrics {
             kp_service_changes: Counter::default(),
             kp_endpoint_pending: Gauge::default(),
             kp_service_pending: Gauge::default(),
+            kp_no_local: Family::default(),
             kp_healthz: Family::default(),
             kp_livez: Family::default(),
             registry: Registry::default(),
@@ -202,6 +210,11 @@ impl Default for Metrics {
             m.kp_service_pending.clone(),
         );
         r.register(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            m.kp_no_local.clone(),
+        );
+        r.register(
             "kubeproxy_proxy_healthz",
             "Cumulative proxy healthz HTTP status",
             m.kp_healthz.clone(),
@@ -289,6 +302,25 @@ impl Metrics {
     pub fn desired(&self, services: usize, endpoints: usize) {
         self.services.set(services as i64);
         self.endpoints.set(endpoints as i64);
+    }
+
+    /// Services with a `Local` policy and no local endpoint, per (policy, IPv6); every
+    /// combination is published, zero included, as kube-proxy does.
+    pub fn no_local_endpoints(
+        &self,
+        counts: &std::collections::BTreeMap<(crate::desired::TrafficPolicy, bool), usize>,
+    ) {
+        use crate::desired::TrafficPolicy;
+        for policy in [TrafficPolicy::Internal, TrafficPolicy::External] {
+            for v6 in [false, true] {
+                let label = PolicyLabel {
+                    traffic_policy: policy.label(),
+                    ip_family: family_label(v6).ip_family,
+                };
+                let n = counts.get(&(policy, v6)).copied().unwrap_or(0);
+                self.kp_no_local.get_or_create(&label).set(n as i64);
+            }
+        }
     }
 
     /// Changes arrived and wait for a sync (`pending_*`: how many wait now).

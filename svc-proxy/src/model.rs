@@ -401,6 +401,9 @@ pub struct Observed {
     pub sets: BTreeMap<SetId, BTreeSet<Member>>,
     /// Routes with svc-proxy's route protocol (all of them are ours).
     pub routes: BTreeSet<PodRoute>,
+    /// Destinations of the main table's other routes: a pod route is never put over one of them
+    /// (it is someone else's: a static route, another network plugin's).
+    pub foreign_routes: BTreeSet<IpNetwork>,
     /// The node's addresses on every device but the dummy (node ports listen on them), without
     /// loopback and IPv6 link-local ones (kube-proxy's rule).
     pub node_addresses: BTreeSet<IpAddr>,

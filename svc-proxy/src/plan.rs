@@ -255,11 +255,14 @@ pub fn plan_subset(
         }
     }
     if subset.routes {
-        for r in desired.routes.difference(&observed.routes) {
-            ops.push(Op::AddRoute(*r));
-        }
+        // Deletes first: a changed gateway is the old route's delete, then the new one's add.
         for r in observed.routes.difference(&desired.routes) {
             ops.push(Op::DelRoute(*r));
+        }
+        for r in desired.routes.difference(&observed.routes) {
+            if !observed.foreign_routes.contains(&r.dst) {
+                ops.push(Op::AddRoute(*r));
+            }
         }
     }
     for addr in &subset.addresses {
@@ -332,7 +335,7 @@ fn plan_removed_dests(
         if wanted(dest) {
             continue;
         }
-        let graceful = key.protocol != nodenet::Protocol::Udp;
+        let graceful = drains(key.protocol);
         if !graceful || (d.weight == 0 && (d.connections() == 0 || drain_expired(key, dest))) {
             ops.push(Op::DelDest {
                 service: *key,
@@ -346,6 +349,13 @@ fn plan_removed_dests(
             });
         }
     }
+}
+
+/// Whether a removed real server of `protocol` drains at weight 0 before it is deleted: TCP only.
+/// UDP and SCTP ones go at once (kube-proxy's rule): `expire_nodest_conn` ends their flows on
+/// the next packet, and their conntrack entries are cleaned.
+fn drains(protocol: nodenet::Protocol) -> bool {
+    protocol == nodenet::Protocol::Tcp
 }
 
 /// The real servers that are draining in `observed`: ours, unwanted, at weight 0.
@@ -364,7 +374,7 @@ pub fn draining_of<'a>(
         let Some(want) = desired.services.get(key) else {
             continue;
         };
-        if key.protocol == nodenet::Protocol::Udp {
+        if !drains(key.protocol) {
             continue;
         }
         if let Some(have) = observed.services.get(key) {
@@ -508,6 +518,28 @@ mod tests {
     }
 
     #[test]
+    fn pod_routes_never_go_over_another_route_and_a_new_gateway_deletes_the_old_first() {
+        let route = |dst: &str, via: &str| PodRoute {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+        };
+        let mut d = Desired::default();
+        d.routes.insert(route("10.244.1.0/24", "192.168.60.12"));
+        d.routes.insert(route("10.244.2.0/24", "192.168.60.13"));
+        let mut o = Observed::default();
+        o.routes.insert(route("10.244.1.0/24", "192.168.60.99"));
+        // An administrator's static route to the second node's pods.
+        o.foreign_routes.insert("10.244.2.0/24".parse().unwrap());
+        assert_eq!(
+            plan(&d, &o, &never),
+            vec![
+                Op::DelRoute(route("10.244.1.0/24", "192.168.60.99")),
+                Op::AddRoute(route("10.244.1.0/24", "192.168.60.12")),
+            ]
+        );
+    }
+
+    #[test]
     fn converged_state_needs_no_operations() {
         let d = desired(&[
             (
@@ -614,29 +646,32 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_udp_endpoint_deletes_it_at_once() {
-        let k = key(VIP, Udp, 53);
-        let before = desired(&[(k, "rr", &["10.0.0.11:53", "10.0.0.21:53"])]);
-        let after = desired(&[(k, "rr", &["10.0.0.11:53"])]);
-        let mut o = in_sync(&before);
-        o.services
-            .get_mut(&k)
-            .unwrap()
-            .dests
-            .get_mut(&sa("10.0.0.21:53"))
-            .unwrap()
-            .active_conns = 5;
-        assert_eq!(
-            plan(&after, &o, &never),
-            vec![
-                Op::DelDest {
-                    service: k,
-                    dest: sa("10.0.0.21:53")
-                },
-                del_lb("10.0.0.21:53", Udp),
-            ]
-        );
-        assert_eq!(draining(&after, &o), vec![]);
+    fn removing_a_udp_or_sctp_endpoint_deletes_it_at_once() {
+        for p in [Udp, nodenet::Protocol::Sctp] {
+            let k = key(VIP, p, 53);
+            let before = desired(&[(k, "rr", &["10.0.0.11:53", "10.0.0.21:53"])]);
+            let after = desired(&[(k, "rr", &["10.0.0.11:53"])]);
+            let mut o = in_sync(&before);
+            o.services
+                .get_mut(&k)
+                .unwrap()
+                .dests
+                .get_mut(&sa("10.0.0.21:53"))
+                .unwrap()
+                .active_conns = 5;
+            assert_eq!(
+                plan(&after, &o, &never),
+                vec![
+                    Op::DelDest {
+                        service: k,
+                        dest: sa("10.0.0.21:53")
+                    },
+                    del_lb("10.0.0.21:53", p),
+                ],
+                "{p:?}"
+            );
+            assert_eq!(draining(&after, &o), vec![], "{p:?}");
+        }
     }
 
     #[test]

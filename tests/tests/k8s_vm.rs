@@ -69,3 +69,31 @@ fn svc_proxy_in_the_vm_serves_the_scenario_from_the_api() {
         "e2e-k8s.sh did not run to its end"
     );
 }
+
+/// Issue 12's VM tier: two nodes on one LAN, each with cni-bridge pods on its own pod CIDR and its
+/// own svc-proxy fed by the host's API server, and outside machines; `tests/vm/e2e-cluster.sh`'s
+/// PASS/FAIL lines are the checks (ClusterIP, NodePort with both traffic policies, health check
+/// node port, LoadBalancer with source ranges, external IP, refused other ports,
+/// internalTrafficPolicy, UDP endpoint replacement, pod routes, pod-to-pod without NAT).
+#[test]
+fn svc_proxy_serves_every_service_type_on_two_nodes() {
+    require_root();
+    let cp = ControlPlane::start();
+    let out = cp
+        .vm_command(&["--timeout", "1800", "tests/vm/e2e-cluster.sh"], &[])
+        .output()
+        .expect("spawn tests/vm/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "e2e-cluster.sh in the VM failed ({}): {failed:?}",
+        out.status
+    );
+    assert!(
+        stdout.contains("all checks passed"),
+        "e2e-cluster.sh did not run to its end"
+    );
+}

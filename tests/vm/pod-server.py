@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""A pod's HTTP server: answers every GET with the pod's name (one line), HTTP/1.1 keep-alive.
+"""A pod's server: answers every HTTP GET with the pod's name (one line), HTTP/1.1 keep-alive;
+GET /client answers "NAME CLIENT-ADDRESS" (the source address the pod sees). Every UDP datagram
+to the same port is answered with the pod's name.
 
 Usage: pod-server.py NAME [PORT [ADDRESS]]   (default port 8080, address 0.0.0.0; :: for IPv6)
 """
 import http.server
 import socket
 import sys
+import threading
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -13,7 +16,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = (self.server.pod_name + "\n").encode()
+        answer = self.server.pod_name
+        if self.path == "/client":
+            answer += " " + self.client_address[0]
+        body = (answer + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -34,7 +40,17 @@ def main():
 
     server = Server((address, port), Handler)
     server.pod_name = name
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    udp.bind((address, port))
+    threading.Thread(target=answer_udp, args=(udp, name), daemon=True).start()
     server.serve_forever()
+
+
+def answer_udp(sock, name):
+    while True:
+        _, peer = sock.recvfrom(2048)
+        sock.sendto((name + "\n").encode(), peer)
 
 
 if __name__ == "__main__":

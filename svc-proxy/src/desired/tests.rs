@@ -329,6 +329,12 @@ fn external_traffic_policy_local_keeps_external_traffic_on_the_node() {
     other.derive_all(&store(LOCAL_LB, SourceId::Api, &[]));
     assert_eq!(eps(&other, "192.168.1.2 30081/tcp").len(), 2);
     assert_eq!(other.health().get(&32000).map(|h| h.1), Some(0));
+    // kube-proxy's no_local_endpoints gauge: one Service, external policy, IPv4; none on n1.
+    assert_eq!(
+        other.no_local_endpoints(),
+        BTreeMap::from([((TrafficPolicy::External, false), 1)])
+    );
+    assert!(d.no_local_endpoints().is_empty());
 
     // A range that holds the node's IP lets the node reach the load balancer.
     let near = LOCAL_LB.replace("198.51.100.0/24", "192.168.1.0/24");
@@ -368,6 +374,18 @@ fn internal_traffic_policy_local_has_no_fallback() {
     });
     other.derive_all(&store(&yaml, SourceId::Api, &[]));
     assert_eq!(eps(&other, "10.96.0.8 80/tcp"), Vec::<String>::new());
+    assert_eq!(
+        other.no_local_endpoints(),
+        BTreeMap::from([((TrafficPolicy::Internal, false), 1)])
+    );
+    // Without any endpoint at all, kube-proxy counts nothing.
+    let empty = yaml.replace(
+        "- {addresses: [10.244.1.6], nodeName: n1}\n- {addresses: [10.244.2.6], nodeName: n2}\n",
+        "",
+    );
+    assert_ne!(empty, yaml);
+    other.derive_all(&store(&empty, SourceId::Api, &[]));
+    assert!(other.no_local_endpoints().is_empty());
 }
 
 /// Terminating endpoints for Local policies: a local serving terminating endpoint is used when
