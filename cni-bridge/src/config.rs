@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -34,6 +35,8 @@ struct RawConf {
     force_address: Option<bool>,
     ip_masq: Option<bool>,
     ip_masq_backend: Option<String>,
+    #[serde(rename = "nonMasqueradeCIDRs")]
+    non_masquerade_cidrs: Option<Vec<String>>,
     mtu: Option<u32>,
     hairpin_mode: Option<bool>,
     promisc_mode: Option<bool>,
@@ -137,6 +140,9 @@ pub struct NetConf {
     pub is_default_gateway: bool,
     pub force_address: bool,
     pub ip_masq: bool,
+    /// `nonMasqueradeCIDRs`: destinations exempt from masquerade besides the network's own
+    /// subnets (the cluster's pod CIDRs), in config order, each once, without host bits.
+    pub non_masquerade: Vec<IpNetwork>,
     /// 0: kernel default.
     pub mtu: u32,
     pub hairpin: bool,
@@ -177,6 +183,44 @@ pub fn parse_requested_ip(s: &str) -> Result<IpAddr> {
     let ip = s.split('/').next().unwrap_or("");
     ip.parse()
         .map_err(|_| invalid(format!("requested IP {s:?} is not an IP address")))
+}
+
+/// Parses `nonMasqueradeCIDRs`: every entry a network in CIDR notation (either family) without
+/// host bits, none listed twice. A typo here would masquerade (or exempt) traffic the operator
+/// did not mean to, so nothing is guessed: a bare address, a prefix with host bits set or a
+/// repeated entry is refused, naming the key and the entry.
+pub fn parse_non_masquerade(list: &[String]) -> Result<Vec<IpNetwork>> {
+    let key = "nonMasqueradeCIDRs";
+    let mut out: Vec<IpNetwork> = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let entry = format!("config key \"{key}\" entry {i} ({s:?})");
+        let Some((_, prefix)) = s.split_once('/') else {
+            return Err(invalid(format!(
+                "{entry} is not a network in CIDR notation (address/prefix length)"
+            )));
+        };
+        // `ipnetwork` reads a missing or empty prefix as a host route; insist on digits.
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(format!(
+                "{entry} has no valid prefix length after '/'"
+            )));
+        }
+        let net: IpNetwork = s
+            .parse()
+            .map_err(|e| invalid(format!("{entry} is not a network: {e}")))?;
+        if net.ip() != net.network() {
+            return Err(invalid(format!(
+                "{entry} has host bits set: the network of that prefix is {}/{}",
+                net.network(),
+                net.prefix()
+            )));
+        }
+        if let Some(j) = out.iter().position(|n| *n == net) {
+            return Err(invalid(format!("{entry} repeats entry {j} ({net})")));
+        }
+        out.push(net);
+    }
+    Ok(out)
 }
 
 /// Stdin, decoded once: the bytes are dropped as soon as they are parsed, and the one parsed
@@ -302,6 +346,8 @@ impl NetConf {
             )));
         }
         let is_default_gateway = raw.is_default_gateway.unwrap_or(false);
+        let non_masquerade =
+            parse_non_masquerade(raw.non_masquerade_cidrs.as_deref().unwrap_or_default())?;
 
         let ipam = match raw.ipam {
             None | Some(Value::Null) => IpamConf::None,
@@ -372,6 +418,7 @@ impl NetConf {
             is_default_gateway,
             force_address: raw.force_address.unwrap_or(false),
             ip_masq: raw.ip_masq.unwrap_or(false),
+            non_masquerade,
             mtu,
             hairpin,
             promisc,
@@ -517,6 +564,75 @@ mod tests {
         ];
         for c in cases {
             assert_eq!(parse(c.clone()).unwrap_err().code, 7, "{c}");
+        }
+    }
+
+    #[test]
+    fn non_masquerade_cidrs_of_both_families_keep_their_order() {
+        assert!(parse(base()).unwrap().non_masquerade.is_empty());
+        let c = parse(with(
+            "nonMasqueradeCIDRs",
+            json!([
+                "10.244.0.0/16",
+                "fd00:10:244::/56",
+                "192.168.0.0/16",
+                "0.0.0.0/0"
+            ]),
+        ))
+        .unwrap();
+        let want: Vec<IpNetwork> = [
+            "10.244.0.0/16",
+            "fd00:10:244::/56",
+            "192.168.0.0/16",
+            "0.0.0.0/0",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(c.non_masquerade, want);
+        assert!(parse(with("nonMasqueradeCIDRs", json!([])))
+            .unwrap()
+            .non_masquerade
+            .is_empty());
+    }
+
+    /// Every bad entry is code 7 naming the key and the entry; a wrongly typed list is code 6.
+    #[test]
+    fn bad_non_masquerade_cidrs_are_refused_naming_the_entry() {
+        for (list, entry, why) in [
+            (json!(["10.244.0.0"]), "10.244.0.0", "CIDR notation"),
+            (json!(["10.244.0.0/"]), "10.244.0.0/", "prefix length"),
+            (json!(["10.244.0.0/x"]), "10.244.0.0/x", "prefix length"),
+            (json!(["10.244.0.0/33"]), "10.244.0.0/33", "not a network"),
+            (json!(["banana/8"]), "banana/8", "not a network"),
+            (json!([""]), "", "CIDR notation"),
+            (json!([" 10.0.0.0/8"]), " 10.0.0.0/8", "not a network"),
+            (
+                json!(["10.244.1.0/16"]),
+                "10.244.1.0/16",
+                "host bits set: the network of that prefix is 10.244.0.0/16",
+            ),
+            (json!(["fd00::1/64"]), "fd00::1/64", "host bits set"),
+            (
+                json!(["10.244.0.0/16", "fd00::/8", "10.244.0.0/16"]),
+                "10.244.0.0/16",
+                "entry 2 (\"10.244.0.0/16\") repeats entry 0",
+            ),
+        ] {
+            let err = parse(with("nonMasqueradeCIDRs", list.clone())).unwrap_err();
+            assert_eq!(err.code, 7, "{list}: {err}");
+            assert!(err.msg.contains("nonMasqueradeCIDRs"), "{}", err.msg);
+            assert!(err.msg.contains(&format!("{entry:?}")), "{}", err.msg);
+            assert!(err.msg.contains(why), "{list}: {}", err.msg);
+        }
+        for bad in [
+            json!("10.244.0.0/16"),
+            json!([16]),
+            json!({"a": "10.0.0.0/8"}),
+        ] {
+            let err = parse(with("nonMasqueradeCIDRs", bad.clone())).unwrap_err();
+            assert_eq!(err.code, 6, "{bad}: {err}");
+            assert!(err.msg.contains("nonMasqueradeCIDRs"), "{}", err.msg);
         }
     }
 

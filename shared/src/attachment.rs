@@ -10,6 +10,10 @@
 //! name is still found, trusted only when its content names the attachment asked for, and moved
 //! to its escaped name when next written. Every file is reached through [`PrivateDir`]: no
 //! symlink is followed, special files are refused, reads are bounded.
+//!
+//! Beside the records, `<set>.masquerade` holds the masquerade rules cni-bridge last wrote for
+//! one of the network's ipsets ([`Records::masquerade_rules`]); like the lock file it is no
+//! record (not `*.json`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -31,6 +35,10 @@ pub const MAX_RECORD_BYTES: usize = 1 << 20;
 const LOCK_FILE: &str = "lock";
 const SUFFIX: &str = ".json";
 const TEMP_MARK: &str = ".tmp.";
+/// Suffix of the file naming the masquerade rules last written for a set.
+const MASQUERADE_SUFFIX: &str = ".masquerade";
+/// Largest masquerade rules file read: a few rules per exempt destination.
+const MAX_MASQUERADE_BYTES: usize = 1 << 20;
 
 /// Where an ADD got to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +406,25 @@ impl Records {
         Ok(())
     }
 
+    /// The masquerade rules last written for the network's ipset `set`, as
+    /// [`Records::save_masquerade_rules`] stored them; `None` when never stored. The kernel's
+    /// reference count of the set proves how many rules use it, not which: this says which
+    /// destinations they exempt, so a changed configuration is seen without an exec.
+    pub fn masquerade_rules(&self, set: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .dir
+            .read(&format!("{set}{MASQUERADE_SUFFIX}"), MAX_MASQUERADE_BYTES)?)
+    }
+
+    /// Stores `rules` as the masquerade rules just written for `set` (atomically: a reader sees
+    /// the previous rules or these; a planted symlink or special file is replaced).
+    pub fn save_masquerade_rules(&self, set: &str, rules: &[u8]) -> Result<()> {
+        let name = format!("{set}{MASQUERADE_SUFFIX}");
+        let temp = format!(".{name}{TEMP_MARK}{}", std::process::id());
+        self.dir.write_replace(&name, &temp, rules)?;
+        Ok(())
+    }
+
     /// Removes the attachment's record (under either name, the previous version's only when it
     /// is this attachment's) and temporary files a killed writer of it left; absent is fine.
     pub fn remove(&self, container_id: &str, ifname: &str) -> Result<()> {
@@ -700,6 +727,38 @@ mod tests {
         assert_eq!(read[1].ifname, "x.eth0");
         assert_eq!(read_file(&base.join("neta/gone.eth0.json")).unwrap(), None);
         assert!(record_files(&base.join("absent")).unwrap().is_empty());
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    /// The masquerade rules file sits beside the records without being one, and a plant under
+    /// its name is replaced, never followed.
+    #[test]
+    fn masquerade_rules_are_stored_beside_the_records_and_are_no_record() {
+        let base = tmp("masq");
+        let records = Records::open(&base, "podnet").unwrap();
+        assert_eq!(records.masquerade_rules("CNIB-0123").unwrap(), None);
+        records
+            .save_masquerade_rules("CNIB-0123", b"*nat\nCOMMIT\n")
+            .unwrap();
+        assert_eq!(
+            records.masquerade_rules("CNIB-0123").unwrap().as_deref(),
+            Some(&b"*nat\nCOMMIT\n"[..])
+        );
+        assert_eq!(records.masquerade_rules("CNIB6-0123").unwrap(), None);
+        assert!(records.list().unwrap().is_empty());
+        assert!(record_files(&base).unwrap().is_empty());
+
+        let target = base.join("target");
+        std::fs::write(&target, b"untouched").unwrap();
+        let planted = base.join("podnet/CNIB6-0123.masquerade");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(records.masquerade_rules("CNIB6-0123").is_err());
+        records.save_masquerade_rules("CNIB6-0123", b"x").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"untouched");
+        assert_eq!(
+            records.masquerade_rules("CNIB6-0123").unwrap().as_deref(),
+            Some(&b"x"[..])
+        );
         std::fs::remove_dir_all(base).unwrap();
     }
 

@@ -188,9 +188,11 @@ impl MasqueradeRules {
         Ok(!self.ruleset()?.ensure(&self.iptables())?.is_empty())
     }
 
-    /// The first rule missing (exec, one `iptables-save`), as `-t nat -A CHAIN ARGS`.
-    pub fn missing(&self) -> Result<Option<String>> {
-        Ok(self.ruleset()?.missing(&self.iptables())?)
+    /// The first difference between the kernel and exactly these rules (exec, one
+    /// `iptables-save`): a rule missing, a rule in our chain that is not one of these (an older
+    /// configuration's), the chain out of order, the jump absent or repeated.
+    pub fn difference(&self) -> Result<Option<String>> {
+        Ok(self.ruleset()?.difference(&self.iptables())?)
     }
 
     /// Deletes the jump (every copy) and the chain; returns whether anything was there.

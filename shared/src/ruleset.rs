@@ -180,32 +180,48 @@ impl Ruleset {
         Some(out)
     }
 
-    /// The first rule of ours `saved` lacks, as `-t TABLE -A CHAIN RULE` (for messages).
-    pub fn missing_in(&self, table: &str, saved: &str) -> Option<String> {
+    /// The first way `saved` differs from the ruleset, as [`repair`](Self::repair) would see it
+    /// (for messages): a chain of ours missing or one of its rules missing
+    /// (`missing: -t TABLE -A CHAIN RULE`), a rule in one of our chains that is not ours
+    /// (`unexpected: ...`, e.g. left by an older configuration), our chain's rules out of order,
+    /// a jump missing or present more than once.
+    pub fn difference_in(&self, table: &str, saved: &str) -> Option<String> {
         let saved = parse(saved);
         for c in self.chains.iter().filter(|c| c.table == table) {
-            let have = saved.chains.get(&c.name);
-            if have.is_none() && c.rules.is_empty() {
-                return Some(format!("-t {table} -N {}", c.name));
+            let Some(have) = saved.chains.get(&c.name) else {
+                return Some(match c.rules.first() {
+                    Some(r) => format!("missing: -t {table} -A {} {r}", c.name),
+                    None => format!("missing: -t {table} -N {}", c.name),
+                });
+            };
+            if let Some(r) = c.rules.iter().find(|r| !have.contains(r)) {
+                return Some(format!("missing: -t {table} -A {} {r}", c.name));
             }
-            if let Some(r) = c
-                .rules
-                .iter()
-                .find(|r| !have.is_some_and(|h| h.contains(r)))
-            {
-                return Some(format!("-t {table} -A {} {r}", c.name));
+            if let Some(r) = have.iter().find(|r| !c.rules.contains(r)) {
+                return Some(format!("unexpected: -t {table} -A {} {r}", c.name));
+            }
+            if *have != c.rules {
+                return Some(format!(
+                    "chain {} of table {table} holds its rules out of order or repeated",
+                    c.name
+                ));
             }
         }
         self.jumps
             .iter()
-            .find(|j| j.table == table && saved.copies(j) == 0)
-            .map(|j| format!("-t {table} -A {} {}", j.from, j.rule))
+            .filter(|j| j.table == table)
+            .find_map(|j| match saved.copies(j) {
+                1 => None,
+                0 => Some(format!("missing: -t {table} -A {} {}", j.from, j.rule)),
+                n => Some(format!("{n} copies of -t {table} -A {} {}", j.from, j.rule)),
+            })
     }
 
-    /// The first rule of ours missing from the kernel (one `iptables-save` per table).
-    pub fn missing(&self, ipt: &Iptables) -> Result<Option<String>, IptablesError> {
+    /// The first difference between the ruleset and the kernel (one `iptables-save` per table;
+    /// see [`difference_in`](Self::difference_in)).
+    pub fn difference(&self, ipt: &Iptables) -> Result<Option<String>, IptablesError> {
         for table in self.tables() {
-            if let Some(m) = self.missing_in(table, &ipt.save(table)?) {
+            if let Some(m) = self.difference_in(table, &ipt.save(table)?) {
                 return Ok(Some(m));
             }
         }
@@ -314,6 +330,39 @@ mod tests {
         );
     }
 
+    /// A chain of ours holding a rule an older configuration asked for, or its rules in
+    /// another order, differs even when every rule of ours is there.
+    #[test]
+    fn extra_and_reordered_rules_are_differences() {
+        let good = "*nat\n:POSTROUTING ACCEPT [0:0]\n:OURS-A - [0:0]\n:OURS-B - [0:0]\n-A POSTROUTING -j OURS-A\n-A OURS-A -j OURS-B\n-A OURS-B -j MASQUERADE --random-fully\nCOMMIT\n";
+        assert_eq!(ruleset().difference_in("nat", good), None);
+        let extra = good.replace(
+            "-A OURS-A -j OURS-B\n",
+            "-A OURS-A -d 10.9.0.0/16 -j RETURN\n-A OURS-A -j OURS-B\n",
+        );
+        assert_eq!(
+            ruleset().difference_in("nat", &extra).unwrap(),
+            "unexpected: -t nat -A OURS-A -d 10.9.0.0/16 -j RETURN"
+        );
+        assert!(ruleset().repair("nat", &extra).is_some());
+        let mut two = ruleset();
+        two.chains[0].rules = vec!["-d 10.1.0.0/16 -j RETURN".into(), "-j OURS-B".into()];
+        let swapped = good.replace(
+            "-A OURS-A -j OURS-B\n",
+            "-A OURS-A -j OURS-B\n-A OURS-A -d 10.1.0.0/16 -j RETURN\n",
+        );
+        assert_eq!(
+            two.difference_in("nat", &swapped).unwrap(),
+            "chain OURS-A of table nat holds its rules out of order or repeated"
+        );
+        assert_eq!(
+            ruleset()
+                .difference_in("nat", "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n")
+                .unwrap(),
+            "missing: -t nat -A OURS-A -j OURS-B"
+        );
+    }
+
     #[test]
     fn duplicate_jumps_are_deleted_and_conditional_jumps_appended() {
         let mut r = ruleset();
@@ -341,14 +390,18 @@ mod tests {
             r.repair("nat", base).unwrap(),
             "*nat\n-D POSTROUTING -j OURS-A\n-A POSTROUTING -m set --match-set S src -m comment --comment \"ours: n\" -j OURS-B\nCOMMIT\n"
         );
+        let once = base.replacen("-A POSTROUTING -j OURS-A\n", "", 1);
         assert_eq!(
-            r.missing_in("nat", base).unwrap(),
-            "-t nat -A POSTROUTING -m set --match-set S src -m comment --comment \"ours: n\" -j OURS-B"
+            r.difference_in("nat", &once).unwrap(),
+            "missing: -t nat -A POSTROUTING -m set --match-set S src -m comment --comment \"ours: n\" -j OURS-B"
         );
-        assert_eq!(ruleset().missing_in("nat", base), None);
         assert_eq!(
-            ruleset().missing_in("nat", "*nat\nCOMMIT\n").unwrap(),
-            "-t nat -A OURS-A -j OURS-B"
+            ruleset().difference_in("nat", base).unwrap(),
+            "2 copies of -t nat -A POSTROUTING -j OURS-A"
+        );
+        assert_eq!(
+            ruleset().difference_in("nat", "*nat\nCOMMIT\n").unwrap(),
+            "missing: -t nat -A OURS-A -j OURS-B"
         );
     }
 

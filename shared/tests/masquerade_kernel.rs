@@ -80,14 +80,14 @@ fn the_reference_count_proves_the_rules_and_ensure_repairs_them() {
     assert_eq!(r.expected_references(), 4);
     assert_eq!(ipset.header(set).unwrap().unwrap().references, 0);
     assert!(!r.proven(&ipset).unwrap(), "no rules yet");
-    assert_eq!(r.missing().unwrap().map(|m| m.contains(set)), Some(true));
+    assert_eq!(r.difference().unwrap().map(|m| m.contains(set)), Some(true));
 
     assert!(r.ensure().unwrap(), "written");
     assert_eq!(rules_naming(set), 4);
     assert_eq!(ipset.header(set).unwrap().unwrap().references, 4);
     assert_eq!(references_by_tool(set), 4);
     assert!(r.proven(&ipset).unwrap());
-    assert_eq!(r.missing().unwrap(), None);
+    assert_eq!(r.difference().unwrap(), None);
 
     // Damage: the chain flushed, then a duplicate jump; each is seen and repaired.
     run("iptables", &["-t", "nat", "-F", set]);
@@ -115,4 +115,66 @@ fn the_reference_count_proves_the_rules_and_ensure_repairs_them() {
     );
     assert_eq!(ipset.header("nlw-absent").unwrap(), None);
     assert!(!rules("nlw-absent").proven(&ipset).unwrap());
+}
+
+/// Another exempt destination in place of one (a changed `nonMasqueradeCIDRs` of the same
+/// length) keeps the reference count: the count alone cannot see it, the comparison with
+/// `iptables-save` does, and `ensure` rewrites the chain to the new list.
+#[test]
+fn an_exempt_list_changed_at_the_same_length_is_a_difference_the_count_misses() {
+    private_netns();
+    let ipset = Ipset::open().unwrap();
+    let set = "nlw-masq-cidrs";
+    ipset
+        .create(&SetSpec::new(set, SetType::HashIp, Family::V4))
+        .unwrap();
+    let old = rules(set);
+    assert!(old.ensure().unwrap());
+    let mut new = old.clone();
+    new.exempt[1] = "10.244.0.0/16".parse().unwrap();
+    assert_eq!(new.expected_references(), old.expected_references());
+    assert!(
+        new.proven(&ipset).unwrap(),
+        "the count cannot tell them apart"
+    );
+    let difference = new.difference().unwrap().expect("a difference");
+    assert!(
+        difference.starts_with("missing: ") && difference.contains("10.244.0.0/16"),
+        "{difference}"
+    );
+    assert!(new.ensure().unwrap(), "the chain was rewritten");
+    assert_eq!(new.difference().unwrap(), None);
+    let saved = run("iptables-save", &["-t", "nat"]);
+    assert!(saved.contains("-d 10.244.0.0/16 "), "{saved}");
+    assert!(!saved.contains("-d 10.1.0.0/24 "), "{saved}");
+    assert_eq!(
+        old.difference()
+            .unwrap()
+            .map(|d| d.starts_with("missing: ")),
+        Some(true)
+    );
+
+    // Shorter: written exactly; an older list's rule put back by hand is a difference too.
+    let mut shorter = new.clone();
+    shorter.exempt.truncate(1);
+    assert!(shorter.ensure().unwrap());
+    assert_eq!(shorter.difference().unwrap(), None);
+    let leftover = new.chain_rules()[1].clone();
+    let mut args = vec!["-t", "nat", "-A", set];
+    args.extend(leftover.iter().map(String::as_str));
+    run("iptables", &args);
+    assert_eq!(
+        shorter
+            .difference()
+            .unwrap()
+            .map(|d| d.starts_with("unexpected: ") && d.contains("10.244.0.0/16")),
+        Some(true)
+    );
+    assert!(shorter.ensure().unwrap());
+    assert_eq!(shorter.difference().unwrap(), None);
+    assert_eq!(
+        ipset.header(set).unwrap().unwrap().references,
+        shorter.expected_references()
+    );
+    assert!(shorter.remove().unwrap());
 }

@@ -223,8 +223,9 @@ fn entries(dir: &Path) -> BTreeSet<OsString> {
 }
 
 /// A CNI network installed where containerd 1.6 looks for it: `conflist` as the only file in
-/// `/etc/cni/net.d`, plugin binaries as the only files in `/opt/cni/bin`; the network's IPAM
-/// `dataDir/<name>` and cni-bridge `stateDir/<name>` start empty. All restored on drop.
+/// `/etc/cni/net.d` (or none, for containerd to render), plugin binaries as the only files in
+/// `/opt/cni/bin`; the network's IPAM `dataDir/<name>` and cni-bridge `stateDir/<name>` start
+/// empty. All restored on drop.
 #[derive(Debug)]
 pub struct CniInstall {
     /// The conflist's `name`.
@@ -240,6 +241,9 @@ pub struct CniInstall {
     _paths: Vec<Displaced>,
 }
 
+/// Where containerd 1.6 (`conf_dir`, as `conf/containerd/cri-cni.toml` sets it) and `ctr` read
+/// the network configuration.
+pub const CONF_DIR: &str = "/etc/cni/net.d";
 /// The IPAM `dataDir` host-local and cni-bridge's allocator default to.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 /// cni-bridge's default `stateDir`.
@@ -249,33 +253,57 @@ impl CniInstall {
     /// Installs `conflist` and `plugins` (name in `/opt/cni/bin` → source binary). A plugin
     /// named in `tapped` is installed behind a tap recording every invocation (see [`Calls`]).
     pub fn new(conflist: &Value, plugins: &[(&str, &Path)], tapped: Option<&str>) -> CniInstall {
-        crate::root::require_root();
-        let network = conflist["name"]
-            .as_str()
-            .expect("conflist has a name")
-            .to_string();
+        let network = conflist["name"].as_str().expect("conflist has a name");
         let first = &conflist["plugins"][0];
         let data_dir = first["ipam"]["dataDir"]
             .as_str()
             .unwrap_or(DEFAULT_DATA_DIR);
         let state_dir = first["stateDir"].as_str().unwrap_or(DEFAULT_STATE_DIR);
-        let reservations_dir = Path::new(data_dir).join(&network);
-        let records_dir = Path::new(state_dir).join(&network);
-
-        let paths = vec![
-            Displaced::take(Path::new("/etc/cni/net.d"), true),
-            Displaced::take(Path::new("/opt/cni/bin"), true),
-            Displaced::take(&reservations_dir, false),
-            Displaced::take(&records_dir, false),
-        ];
-        let libcni_cache = AddedEntries::track(Path::new(LIBCNI_CACHE));
-
-        let conf_path = Path::new("/etc/cni/net.d").join(format!("10-{network}.conflist"));
+        let install = CniInstall::install(network, data_dir, state_dir, plugins, tapped);
+        let conf_path = Path::new(CONF_DIR).join(format!("10-{network}.conflist"));
         std::fs::write(
             &conf_path,
             serde_json::to_vec_pretty(conflist).expect("json"),
         )
         .unwrap_or_else(|e| panic!("write {}: {e}", conf_path.display()));
+        install
+    }
+
+    /// Like [`CniInstall::new`] with `/etc/cni/net.d` left empty, for the conflist containerd
+    /// renders from its `conf_template` (network `network`, default `dataDir` and `stateDir`).
+    pub fn without_conflist(
+        network: &str,
+        plugins: &[(&str, &Path)],
+        tapped: Option<&str>,
+    ) -> CniInstall {
+        CniInstall::install(
+            network,
+            DEFAULT_DATA_DIR,
+            DEFAULT_STATE_DIR,
+            plugins,
+            tapped,
+        )
+    }
+
+    fn install(
+        network: &str,
+        data_dir: &str,
+        state_dir: &str,
+        plugins: &[(&str, &Path)],
+        tapped: Option<&str>,
+    ) -> CniInstall {
+        crate::root::require_root();
+        let network = network.to_string();
+        let reservations_dir = Path::new(data_dir).join(&network);
+        let records_dir = Path::new(state_dir).join(&network);
+
+        let paths = vec![
+            Displaced::take(Path::new(CONF_DIR), true),
+            Displaced::take(Path::new("/opt/cni/bin"), true),
+            Displaced::take(&reservations_dir, false),
+            Displaced::take(&records_dir, false),
+        ];
+        let libcni_cache = AddedEntries::track(Path::new(LIBCNI_CACHE));
 
         let calls_dir = tapped.map(|_| TempDir::new("cni-calls"));
         for (name, source) in plugins {
@@ -484,13 +512,28 @@ impl Containerd {
     /// Writes the config from `tests/containerd/config.toml.in`, starts
     /// `nsenter --net=<node> containerd --config <dir>/config.toml` and waits until it answers.
     pub fn start(node: &Netns) -> Containerd {
+        Containerd::start_with(node, None)
+    }
+
+    /// [`Containerd::start`] with the CRI's CNI `conf_template` set to `template`: on
+    /// `UpdateRuntimeConfig` with a pod CIDR, while no network config is loaded, containerd
+    /// renders it into `conf_dir` as `10-containerd-net.conflist`.
+    pub fn start_with_conf_template(node: &Netns, template: &Path) -> Containerd {
+        Containerd::start_with(node, Some(template))
+    }
+
+    fn start_with(node: &Netns, conf_template: Option<&Path>) -> Containerd {
         crate::root::require_root();
         let dir = TempDir::new("containerd");
         let template = std::fs::read_to_string(repo_root().join("tests/containerd/config.toml.in"))
             .expect("read tests/containerd/config.toml.in");
+        let conf_template = conf_template
+            .map(|t| format!("conf_template = {:?}", t.display().to_string()))
+            .unwrap_or_default();
         let config = template
             .replace("@DIR@", &dir.path().display().to_string())
-            .replace("@IMAGE@", IMAGE);
+            .replace("@IMAGE@", IMAGE)
+            .replace("@CONF_TEMPLATE@", &conf_template);
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).expect("write containerd config");
         let log = std::fs::File::create(dir.path().join("containerd.log")).expect("create log");

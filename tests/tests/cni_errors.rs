@@ -237,3 +237,22 @@ fn bridge_name_taken_by_a_non_bridge_fails() {
     assert!(err.text().contains("cnib0"), "{err:?}");
     assert_eq!(c.node.state(), before, "{out}");
 }
+
+/// `nonMasqueradeCIDRs`: a bare address, host bits, a bad prefix or a repeated entry is invalid
+/// config naming the key; a list of the wrong JSON type is a decoding failure naming it.
+#[test]
+fn bad_non_masquerade_cidrs_are_7_naming_the_key() {
+    let c = Case::new();
+    for list in [
+        json!(["10.244.0.0"]),
+        json!(["10.244.1.0/16"]),
+        json!(["10.244.0.0/33"]),
+        json!(["fd00::1/56"]),
+        json!(["10.244.0.0/16", "10.244.0.0/16"]),
+    ] {
+        let config = c.with("nonMasqueradeCIDRs", list);
+        c.rejects(c.add().config(&config), 7, "nonMasqueradeCIDRs");
+    }
+    let config = c.with("nonMasqueradeCIDRs", json!("10.244.0.0/16"));
+    c.rejects(c.add().config(&config), 6, "nonMasqueradeCIDRs");
+}

@@ -941,3 +941,123 @@ fn concurrent_adds_of_one_attachment_do_not_replace_each_other() {
         node.del(&f.plugin, &c, &pod).success_empty();
     }
 }
+
+/// The exempt RETURN rules of `set` (their destinations, in chain order).
+fn exempt_destinations(node: &Node, set: &str) -> Vec<String> {
+    rules_naming(node, set)
+        .into_iter()
+        .filter(|r| r.contains(&format!("-A {set} ")) && r.ends_with("-j RETURN"))
+        .map(|r| {
+            r.split_whitespace()
+                .skip_while(|w| *w != "-d")
+                .nth(1)
+                .expect("-d NET")
+                .to_string()
+        })
+        .collect()
+}
+
+/// `nonMasqueradeCIDRs` changed for a network that already has its rules: the next ADD sees
+/// the rules are not what the config asks (a list of another length changes the set's reference
+/// count; one of the same length does not, and is seen from the rules last written), rewrites
+/// the chain, and CHECK verifies the exact chain: a CHECK with the other list fails naming the
+/// rule. An ADD whose rules are in place runs no iptables at all (no PATH to find it on).
+#[test]
+fn a_changed_non_masquerade_list_is_rewritten_by_the_next_add_and_checked() {
+    let f = Flavor::cni_bridge();
+    let node = Node::new("nmasq-node");
+    let base = config(&f, &node, NET, SUBNET, "cnib0");
+    let with_list = |list: &[&str]| {
+        let mut c = base.clone();
+        c["nonMasqueradeCIDRs"] = json!(list);
+        c
+    };
+    let pods: Vec<Pod> = (0..6).map(|i| node.pod(&format!("nmasq-p{i}"))).collect();
+    let att = |i: usize| Att {
+        pod: &pods[i],
+        id: &pods[i].id,
+        ifname: "eth0",
+    };
+    let no_iptables = |c: &Value, i: usize| {
+        node.invoke(&f.plugin, "ADD")
+            .pod(&pods[i])
+            .ifname("eth0")
+            .config(c)
+            .env("PATH", "/nonexistent")
+            .run()
+    };
+
+    let first = with_list(&["10.244.0.0/16"]);
+    let r0 = add(&node, &f, &first, &att(0));
+    let set = masq_sets(&node).into_iter().next().unwrap();
+    assert_eq!(exempt_destinations(&node, &set), [SUBNET, "10.244.0.0/16"]);
+    assert_eq!(rules_naming(&node, &set).len(), 4);
+    // In place: no exec needed, so none is attempted.
+    let r1 = no_iptables(&first, 1).success();
+    check(&node, &f, &first, &att(0), &r0);
+
+    // Same length, another destination: the reference count is unchanged, yet the ADD must
+    // rewrite, which it cannot do without iptables...
+    let same_length = with_list(&["100.64.0.0/10"]);
+    let err = no_iptables(&same_length, 2).error_code(107);
+    assert!(err.text().contains("iptables"), "{err:?}");
+    assert_eq!(exempt_destinations(&node, &set), [SUBNET, "10.244.0.0/16"]);
+    // ...and does with it.
+    let r2 = add(&node, &f, &same_length, &att(2));
+    assert_eq!(exempt_destinations(&node, &set), [SUBNET, "100.64.0.0/10"]);
+    assert_eq!(rules_naming(&node, &set).len(), 4);
+    check(&node, &f, &same_length, &att(0), &r0);
+    check(&node, &f, &same_length, &att(2), &r2);
+    let stale = run(&node, &f, "CHECK", &with_prev_result(&first, &r1), &att(1)).error_code(105);
+    assert!(
+        stale.text().contains("10.244.0.0/16") && stale.text().contains(&set),
+        "{stale:?}"
+    );
+
+    // Longer, then empty: the count changes, the chain follows.
+    let longer = with_list(&["10.244.0.0/16", "100.64.0.0/10", "fd00:10:244::/56"]);
+    let r3 = add(&node, &f, &longer, &att(3));
+    assert_eq!(
+        exempt_destinations(&node, &set),
+        [SUBNET, "10.244.0.0/16", "100.64.0.0/10"]
+    );
+    check(&node, &f, &longer, &att(3), &r3);
+    // A CHECK with the shorter list sees the rule it does not ask for.
+    let extra = run(
+        &node,
+        &f,
+        "CHECK",
+        &with_prev_result(&same_length, &r2),
+        &att(2),
+    )
+    .error_code(105);
+    assert!(extra.text().contains("unexpected"), "{extra:?}");
+    let r4 = add(&node, &f, &base, &att(4));
+    assert_eq!(exempt_destinations(&node, &set), [SUBNET]);
+    assert_eq!(rules_naming(&node, &set).len(), 3);
+    check(&node, &f, &base, &att(4), &r4);
+
+    // Bad input changes nothing: the rules, the set and every file stay.
+    let before = node.state();
+    let bad = run(&node, &f, "ADD", &with_list(&["10.244.1.0/16"]), &att(5)).error_code(7);
+    assert!(
+        bad.text().contains("nonMasqueradeCIDRs") && bad.text().contains("10.244.1.0/16"),
+        "{bad:?}"
+    );
+    assert_eq!(node.state(), before);
+
+    // The record of what was written removed by hand: the next ADD writes it again (the
+    // rules it compares with iptables-save are already right, so nothing else changes).
+    let written = node.state_dir().join(NET).join(format!("{set}.masquerade"));
+    let content = std::fs::read_to_string(&written).expect("rules recorded");
+    assert!(
+        content.contains(&format!("-A {set} -d {SUBNET} ")),
+        "{content}"
+    );
+    std::fs::remove_file(&written).unwrap();
+    no_iptables(&base, 5).error_code(107);
+    let rules_before = rules_naming(&node, &set);
+    add(&node, &f, &base, &att(5));
+    assert_eq!(rules_naming(&node, &set), rules_before);
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), content);
+}

@@ -241,3 +241,291 @@ fn dual_stack_pods_get_both_families() {
         ["fd00:10::3".to_string()].into()
     );
 }
+
+/// The cluster's pod CIDRs, as `--cluster-cidr` (conf/kubernetes/config.yaml) and its IPv6 twin.
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
+/// The underlay (node LAN) and the address standing for "the internet" on it.
+const UNDERLAY: [(&str, &str); 2] = [
+    ("192.168.50.1", "fd00:50::1"),
+    ("192.168.50.2", "fd00:50::2"),
+];
+const INTERNET: (&str, &str) = ("192.168.50.100", "fd00:50::100");
+
+/// One node of a [`Cluster`]: its namespace, its pod CIDRs and its underlay addresses.
+struct ClusterNode {
+    node: Node,
+    subnet: (String, String),
+    underlay: (IpAddr, IpAddr),
+}
+
+/// Two nodes and "the internet" on one underlay (a bridge in a LAN namespace), each node with
+/// cni-bridge pods on its own pod CIDR (`10.244.<n>.0/24`, `fd00:10:244:<n>::/64`) and host-gw
+/// routes (added here, as svc-proxy's pod routes would) to the other node's pod CIDRs via its
+/// underlay address. "The internet" has no route to any pod CIDR: only SNATed traffic gets an
+/// answer from it.
+struct Cluster {
+    nodes: Vec<ClusterNode>,
+    internet: Netns,
+    _lan: Netns,
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let lan = Netns::new(&format!("{tag}-lan"));
+        lan.ip(&["link", "add", "lan0", "type", "bridge"]);
+        lan.ip(&["link", "set", "lan0", "up"]);
+        let attach = |ns: &Netns, port: &str, (v4, v6): (&str, &str)| {
+            lan.ip(&[
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink0",
+                "netns",
+                ns.name(),
+            ]);
+            lan.ip(&["link", "set", port, "master", "lan0", "up"]);
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "uplink0"]);
+            // No duplicate address detection: the address is usable at once.
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "uplink0",
+                "nodad",
+            ]);
+            ns.ip(&["link", "set", "uplink0", "up"]);
+        };
+        let internet = Netns::new(&format!("{tag}-inet"));
+        attach(&internet, "inet", INTERNET);
+        let nodes: Vec<ClusterNode> = UNDERLAY
+            .iter()
+            .enumerate()
+            .map(|(i, addrs)| {
+                let node = Node::new(&format!("{tag}-n{}", i + 1));
+                attach(&node.ns, &format!("node{}", i + 1), *addrs);
+                ClusterNode {
+                    node,
+                    subnet: (
+                        format!("10.244.{}.0/24", i + 1),
+                        format!("fd00:10:244:{}::/64", i + 1),
+                    ),
+                    underlay: (addrs.0.parse().unwrap(), addrs.1.parse().unwrap()),
+                }
+            })
+            .collect();
+        for (i, me) in nodes.iter().enumerate() {
+            let other = &nodes[1 - i];
+            let ns = &me.node.ns;
+            ns.ip(&[
+                "route",
+                "add",
+                &other.subnet.0,
+                "via",
+                &other.underlay.0.to_string(),
+            ]);
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                &other.subnet.1,
+                "via",
+                &other.underlay.1.to_string(),
+            ]);
+        }
+        Cluster {
+            nodes,
+            internet,
+            _lan: lan,
+        }
+    }
+
+    /// cni-bridge with `ipMasq`, dual-stack built-in IPAM on node `i`'s pod CIDRs (IPv4 only
+    /// unless `dual`), and `nonMasqueradeCIDRs` when given.
+    fn config(&self, i: usize, dual: bool, non_masquerade: Option<&[&str]>) -> Value {
+        let f = Flavor::cni_bridge();
+        let me = &self.nodes[i];
+        let mut c = f.config(&me.node, "1.0.0", NET, &me.subnet.0);
+        c["ipMasq"] = json!(true);
+        if dual {
+            c["ipam"] = json!({
+                "type": f.ipam_type,
+                "dataDir": me.node.data_dir(),
+                "ranges": [[{"subnet": me.subnet.0}], [{"subnet": me.subnet.1}]],
+            });
+        }
+        if let Some(list) = non_masquerade {
+            c["nonMasqueradeCIDRs"] = json!(list);
+        }
+        c
+    }
+
+    /// ADDs one pod on every node; returns each pod with its addresses (IPv4, then IPv6 if any).
+    fn pods(&self, dual: bool, non_masquerade: Option<&[&str]>) -> Vec<(Pod, Vec<IpAddr>)> {
+        let f = Flavor::cni_bridge();
+        (0..self.nodes.len())
+            .map(|i| {
+                let node = &self.nodes[i].node;
+                let pod = node.pod(&format!("k8s-p{}", i + 1));
+                let result = node
+                    .add(&f.plugin, &self.config(i, dual, non_masquerade), &pod)
+                    .success();
+                let ips: Vec<IpAddr> = result["ips"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("no ips: {result}"))
+                    .iter()
+                    .map(|ip| {
+                        let a = ip["address"].as_str().expect("address");
+                        a.split('/').next().unwrap().parse().expect("IP")
+                    })
+                    .collect();
+                (pod, ips)
+            })
+            .collect()
+    }
+}
+
+/// What a server in `to` on `(to_ip, port)` sees of a connection from `from`.
+fn seen(from: &Netns, to: &Netns, to_ip: IpAddr, port: u16) -> IpAddr {
+    let srv = WhoServer::start(to, sock(to_ip, port));
+    who_am_i(from, srv.addr()).unwrap_or_else(|e| panic!("{} -> {to_ip}:{port}: {e}", from.name()))
+}
+
+/// The Kubernetes network model across nodes (issue 12): with the cluster CIDR in
+/// `nonMasqueradeCIDRs`, a pod on node 2 sees a connection from a pod on node 1 coming from that
+/// pod's own address (and back), while both pods still reach "the internet" SNATed to their
+/// node's underlay address. One set and a constant four rules per node: subnet and cluster
+/// CIDR exempt, masquerade, jump.
+#[test]
+fn pods_on_different_nodes_see_each_other_unnated_and_the_internet_snated() {
+    let cluster = Cluster::new("k8s");
+    let pods = cluster.pods(false, Some(&[CLUSTER_CIDR, CLUSTER_CIDR6]));
+    let (p1, p2) = (&pods[0], &pods[1]);
+    assert!(p1.1[0].to_string().starts_with("10.244.1."), "{:?}", p1.1);
+    assert!(p2.1[0].to_string().starts_with("10.244.2."), "{:?}", p2.1);
+    assert_eq!(
+        seen(&p1.0.ns, &p2.0.ns, p2.1[0], 8080),
+        p1.1[0],
+        "pod 1 -> pod 2"
+    );
+    assert_eq!(
+        seen(&p2.0.ns, &p1.0.ns, p1.1[0], 8080),
+        p2.1[0],
+        "pod 2 -> pod 1"
+    );
+    let internet: IpAddr = INTERNET.0.parse().unwrap();
+    for (i, (pod, _)) in pods.iter().enumerate() {
+        assert_eq!(
+            seen(&pod.ns, &cluster.internet, internet, 8081 + i as u16),
+            cluster.nodes[i].underlay.0,
+            "pod {} -> the internet is SNATed to its node",
+            i + 1
+        );
+    }
+    for n in &cluster.nodes {
+        let sets: Vec<String> = observe::ipset_names(&n.node.ns)
+            .into_iter()
+            .filter(|s| s.starts_with("CNIB"))
+            .collect();
+        assert_eq!(sets.len(), 1, "one set, IPv4 only: {sets:?}");
+        let rules: Vec<String> = observe::iptables_rules(&n.node.ns)
+            .into_iter()
+            .filter(|r| r.contains(&sets[0]))
+            .collect();
+        assert_eq!(rules.len(), 4, "{rules:#?}");
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.contains(&format!("-d {CLUSTER_CIDR} ")) && r.ends_with("-j RETURN")),
+            "{rules:#?}"
+        );
+        assert!(
+            !rules.iter().any(|r| r.contains(CLUSTER_CIDR6)),
+            "the IPv6 entry has no place in the IPv4 chain: {rules:#?}"
+        );
+    }
+}
+
+/// The same cluster without `nonMasqueradeCIDRs`: the masquerade exempts only the local pod
+/// subnet, so the pod on node 2 sees node 1's underlay address (what issue 12 measured; the
+/// reference plugin does the same). Shows the test above tells the two apart.
+#[test]
+fn without_non_masquerade_cidrs_pods_on_other_nodes_see_the_node_address() {
+    let cluster = Cluster::new("k8s0");
+    let pods = cluster.pods(false, None);
+    let (p1, p2) = (&pods[0], &pods[1]);
+    assert_eq!(
+        seen(&p1.0.ns, &p2.0.ns, p2.1[0], 8080),
+        cluster.nodes[0].underlay.0,
+        "pod 1 -> pod 2 is SNATed to node 1"
+    );
+    assert_eq!(
+        seen(&p2.0.ns, &p1.0.ns, p1.1[0], 8080),
+        cluster.nodes[1].underlay.0,
+        "pod 2 -> pod 1 is SNATed to node 2"
+    );
+}
+
+/// Dual stack: the IPv6 cluster CIDR is exempt in the IPv6 chain, so pod → pod across nodes
+/// keeps the sender's address in both families, and pod → the internet is SNATed in both.
+#[test]
+fn dual_stack_pods_on_different_nodes_are_unnated_in_both_families() {
+    let cluster = Cluster::new("k8s6");
+    let pods = cluster.pods(true, Some(&[CLUSTER_CIDR, CLUSTER_CIDR6]));
+    let (p1, p2) = (&pods[0], &pods[1]);
+    assert_eq!(p1.1.len(), 2, "{:?}", p1.1);
+    assert!(
+        p1.1[1].to_string().starts_with("fd00:10:244:1::"),
+        "{:?}",
+        p1.1
+    );
+    assert!(
+        p2.1[1].to_string().starts_with("fd00:10:244:2::"),
+        "{:?}",
+        p2.1
+    );
+    for family in 0..2 {
+        assert_eq!(
+            seen(&p1.0.ns, &p2.0.ns, p2.1[family], 8080),
+            p1.1[family],
+            "pod 1 -> pod 2 ({})",
+            p2.1[family]
+        );
+        assert_eq!(
+            seen(&p2.0.ns, &p1.0.ns, p1.1[family], 8080),
+            p2.1[family],
+            "pod 2 -> pod 1 ({})",
+            p1.1[family]
+        );
+    }
+    let internet: [IpAddr; 2] = [INTERNET.0.parse().unwrap(), INTERNET.1.parse().unwrap()];
+    for (i, (pod, _)) in pods.iter().enumerate() {
+        let node = &cluster.nodes[i];
+        assert_eq!(
+            seen(&pod.ns, &cluster.internet, internet[0], 8081),
+            node.underlay.0
+        );
+        assert_eq!(
+            seen(&pod.ns, &cluster.internet, internet[1], 8082),
+            node.underlay.1,
+            "pod {} -> the internet over IPv6 is SNATed to its node",
+            i + 1
+        );
+        let v6_rules: Vec<String> = observe::iptables_rules(&node.node.ns)
+            .into_iter()
+            .filter(|r| r.starts_with("ip6tables nat") && r.contains("CNIB6-"))
+            .collect();
+        assert_eq!(v6_rules.len(), 4, "{v6_rules:#?}");
+        assert!(
+            v6_rules
+                .iter()
+                .any(|r| r.contains(&format!("-d {CLUSTER_CIDR6} "))),
+            "{v6_rules:#?}"
+        );
+    }
+}

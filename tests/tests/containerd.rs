@@ -590,3 +590,184 @@ fn ctr_run_cni_harness_baseline_with_reference_plugins() {
     assert_eq!(bridge_ports(&node, &net.bridge), Vec::<String>::new());
     assert!(install.libcni_cache_added().is_empty());
 }
+
+/// The shipped template containerd renders the pod network from (`conf_template`).
+fn shipped_template() -> std::path::PathBuf {
+    repo_root().join("conf/containerd/cni-bridge.conflist.template")
+}
+
+/// The file containerd 1.6 renders `conf_template` into (`cniConfigFileName` in its CRI).
+const RENDERED: &str = "/etc/cni/net.d/10-containerd-net.conflist";
+
+/// `ip -o addr show dev eth0` inside the pod's namespace (at `netns`): its global addresses.
+fn pod_addresses(netns: &str) -> Vec<String> {
+    let out = checked(
+        &format!("ip addr in {netns}"),
+        Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(["ip", "-o", "addr", "show", "dev", "eth0", "scope", "global"])
+            .output(),
+    );
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| !w.starts_with("inet"));
+            words.next()?;
+            words.next().map(str::to_string)
+        })
+        .collect()
+}
+
+/// `NetworkReady` from the CRI's `Status`: whether it has a network config loaded.
+fn network_ready(containerd: &Containerd) -> bool {
+    let status = containerd.cri(&["status"]);
+    status["status"]["conditions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no conditions in {status}"))
+        .iter()
+        .find(|c| c["type"] == "NetworkReady")
+        .unwrap_or_else(|| panic!("no NetworkReady condition in {status}"))["status"]
+        .as_bool()
+        .unwrap_or(false)
+}
+
+/// kubelet's path to a pod network on a node without a CNI config: containerd started with the
+/// shipped `conf_template` and an empty `conf_dir` is not network-ready; `UpdateRuntimeConfig`
+/// with the node's pod CIDR(s) (comma-separated, as kubelet sends them) renders the template into
+/// `conf_dir`, the CRI loads it, and the next `RunPodSandbox` gets its addresses from those CIDRs
+/// through cni-bridge (seen in the CRI's pod status and in the pod's namespace). Stopping and
+/// removing the sandbox sends the DELs, which release everything.
+fn rendered_template_gives_the_pod_its_address(tag: &str, pod_cidrs: &[&str]) {
+    let _serial = exclusive();
+    let node = Netns::new(tag);
+    let plugin = Plugin::cni_bridge();
+    let loopback = Plugin::reference("loopback");
+    let install = CniInstall::without_conflist(
+        "podnet",
+        &[("cni-bridge", plugin.path()), ("loopback", loopback.path())],
+        Some("cni-bridge"),
+    );
+    let containerd = Containerd::start_with_conf_template(&node, &shipped_template());
+    containerd.import_image("k8s.io");
+    assert!(
+        std::fs::read_dir("/etc/cni/net.d")
+            .expect("conf_dir")
+            .next()
+            .is_none(),
+        "conf_dir starts empty"
+    );
+    assert!(!network_ready(&containerd), "no network config yet");
+
+    let pod_cidr = pod_cidrs.join(",");
+    assert_eq!(
+        containerd.cri(&["update-runtime-config", "--pod-cidr", &pod_cidr]),
+        json!({})
+    );
+    let text = std::fs::read_to_string(RENDERED)
+        .unwrap_or_else(|e| panic!("{RENDERED} not rendered ({e}):\n{}", containerd.log()));
+    let rendered: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{RENDERED} is not JSON ({e}):\n{text}"));
+    assert_eq!(rendered["name"], install.network);
+    assert_eq!(rendered["plugins"][0]["type"], "cni-bridge");
+    let ranges: Value = pod_cidrs.iter().map(|c| json!([{ "subnet": c }])).collect();
+    assert_eq!(rendered["plugins"][0]["ipam"]["ranges"], ranges, "{text}");
+    // The CRI reloads conf_dir on the write (fsnotify): wait for it, as kubelet waits for
+    // NetworkReady before it starts pods.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !network_ready(&containerd) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rendered config was not loaded:\n{}",
+            containerd.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let run = containerd.cri(&[
+        "run-pod",
+        "--name",
+        "web-0",
+        "--namespace",
+        "demo",
+        "--uid",
+        "7a1c-web-0",
+    ]);
+    let id = run["pod_sandbox_id"]
+        .as_str()
+        .expect("pod_sandbox_id")
+        .to_string();
+    let status = containerd.cri(&["pod-status", &id]);
+    let network = &status["status"]["network"];
+    let mut cri_ips = vec![network["ip"].as_str().unwrap_or_default().to_string()];
+    if let Some(more) = network["additional_ips"].as_array() {
+        cri_ips.extend(
+            more.iter()
+                .filter_map(|i| i["ip"].as_str())
+                .map(str::to_string),
+        );
+    }
+    assert_eq!(cri_ips.len(), pod_cidrs.len(), "{status}");
+    let calls = install.calls();
+    assert_eq!(calls.verbs(&id), ["ADD"], "calls:\n{calls}");
+    let add = &calls.for_container(&id)[0];
+    assert_eq!(
+        add.config["ipam"]["ranges"], ranges,
+        "the ADD got the rendered config"
+    );
+    let in_pod = pod_addresses(&add.netns);
+    assert_eq!(in_pod.len(), pod_cidrs.len(), "{in_pod:?}");
+    let mut held = Vec::new();
+    for (cidr, ip) in pod_cidrs.iter().zip(&cri_ips) {
+        let net: ipnetwork::IpNetwork = cidr.parse().unwrap();
+        let ip: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("{ip}: {e}"));
+        assert!(net.contains(ip), "pod IP {ip} outside {cidr}: {status}");
+        assert!(
+            in_pod.contains(&format!("{ip}/{}", net.prefix())),
+            "{ip}/{} not on the pod's eth0: {in_pod:?}",
+            net.prefix()
+        );
+        held.push(ip.to_string());
+    }
+    let mut reserved: Vec<String> = install.reservations().into_iter().map(|r| r.0).collect();
+    reserved.sort();
+    let mut want = held.clone();
+    want.sort();
+    assert_eq!(reserved, want);
+    let record = install.record(&id, "eth0").expect("record");
+    assert_eq!(record_str(&record, "/podName"), "web-0", "{record}");
+    let host_veth = record_str(&record, "/hostVeth").to_string();
+    assert_eq!(bridge_ports(&node, "cni0"), vec![host_veth.clone()]);
+    // The node reaches the pod through the bridge, from the gateway of the rendered subnet.
+    node.exec_ok("busybox", &["ping", "-c1", "-W5", &cri_ips[0]]);
+
+    containerd.cri(&["stop-pod", &id]);
+    containerd.cri(&["remove-pod", &id]);
+    let calls = install.calls();
+    assert_eq!(calls.verbs(&id), ["ADD", "DEL", "DEL"], "calls:\n{calls}");
+    assert!(
+        calls.for_container(&id).iter().all(|c| c.exit == Some(0)),
+        "calls:\n{calls}"
+    );
+    assert_eq!(install.reservations(), vec![], "addresses released");
+    assert!(install.record(&id, "eth0").is_none(), "record left");
+    assert!(observe::link(&node, &host_veth).is_none(), "host veth left");
+    assert_eq!(bridge_ports(&node, "cni0"), Vec::<String>::new());
+    let (set, members) = masquerade_set(&node);
+    assert_eq!(members, Vec::<String>::new(), "members left in {set}");
+    assert!(
+        install.libcni_cache_added().is_empty(),
+        "libcni result cache entries left: {:?}",
+        install.libcni_cache_added()
+    );
+}
+
+#[test]
+fn cri_update_runtime_config_renders_the_template_and_the_pod_gets_its_address() {
+    rendered_template_gives_the_pod_its_address("tmpl", &["10.244.7.0/24"]);
+}
+
+/// Dual stack: both CIDRs kubelet sends become range sets (`{{.PodCIDRRanges}}`), and the pod
+/// gets one address of each.
+#[test]
+fn cri_update_runtime_config_with_dual_stack_pod_cidrs_gives_both_families() {
+    rendered_template_gives_the_pod_its_address("tmpl6", &["10.244.7.0/24", "fd00:10:244:7::/64"]);
+}

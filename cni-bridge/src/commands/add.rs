@@ -362,7 +362,7 @@ impl Plan<'_> {
         let ips: Vec<IpAddr> = ipam_res.ips.iter().map(|i| i.address.ip()).collect();
         if conf.ip_masq && !ips.is_empty() {
             let subnets = masq::subnets(&conf.ipam, &ipam_res.ips);
-            masq::add(&conf.name, &ips, &subnets, records)?;
+            masq::add(&conf.name, &ips, &subnets, &conf.non_masquerade, records)?;
         }
 
         let dns = if conf.dns.is_empty() {

@@ -61,7 +61,7 @@ pub fn exec(env: &Env, conf: &NetConf) -> Result<()> {
     if conf.ip_masq && !ips.is_empty() {
         let subnets = masq::subnets(&conf.ipam, &prev.ips);
         let generation = names::generation_of(&conf.name, record.masq_set.as_deref());
-        masq::check(&conf.name, &ips, &subnets, generation)?;
+        masq::check(&conf.name, &ips, &subnets, &conf.non_masquerade, generation)?;
     }
     Ok(())
 }

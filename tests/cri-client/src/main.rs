@@ -3,7 +3,8 @@
 //! crictl (not packaged in Debian 12).
 //!
 //! Every command prints one JSON document on stdout: `run-pod` prints `{"pod_sandbox_id": ..}`,
-//! `pod-status` prints the runtime's `PodSandboxStatusResponse`, `stop-pod`/`remove-pod` print `{}`.
+//! `pod-status` prints the runtime's `PodSandboxStatusResponse`, `status` its `StatusResponse`,
+//! `stop-pod`/`remove-pod`/`update-runtime-config` print `{}`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest, VersionRequest,
+    NetworkConfig, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig, StatusRequest,
+    StopPodSandboxRequest, UpdateRuntimeConfigRequest, VersionRequest,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -55,6 +57,16 @@ enum Command {
     StopPod { id: String },
     /// `RemovePodSandbox`.
     RemovePod { id: String },
+    /// `Status`: the runtime's conditions (`RuntimeReady`, `NetworkReady`), printed as JSON.
+    Status,
+    /// `UpdateRuntimeConfig` with the node's pod CIDR, as kubelet sends it once the Node has
+    /// `spec.podCIDRs` (containerd renders its CNI `conf_template` from it).
+    UpdateRuntimeConfig {
+        /// The pod CIDR; dual-stack nodes give both, comma-separated, as kubelet does
+        /// (`10.244.7.0/24,fd00:10:244:7::/64`).
+        #[arg(long)]
+        pod_cidr: String,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -129,6 +141,24 @@ async fn main() -> Result<()> {
                 .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
                 .await
                 .context("RemovePodSandbox")?;
+            serde_json::json!({})
+        }
+        Command::Status => {
+            let response = client
+                .status(StatusRequest { verbose: false })
+                .await
+                .context("Status")?;
+            serde_json::to_value(response.into_inner())?
+        }
+        Command::UpdateRuntimeConfig { pod_cidr } => {
+            client
+                .update_runtime_config(UpdateRuntimeConfigRequest {
+                    runtime_config: Some(RuntimeConfig {
+                        network_config: Some(NetworkConfig { pod_cidr }),
+                    }),
+                })
+                .await
+                .context("UpdateRuntimeConfig")?;
             serde_json::json!({})
         }
     };
