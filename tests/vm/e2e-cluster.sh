@@ -154,10 +154,12 @@ web_ip=$(cip web) itp_ip=$(cip itp) dns_ip=$(cip dns)
 hc_port=$(k get service lb -n "$apps" -o 'jsonpath={.spec.healthCheckNodePort}')
 echo "web $web_ip, itp $itp_ip, dns $dns_ip, lb $lb_ip (health check node port $hc_port), ext $external_ip"
 
-section "svc-proxy on each node"
+section "svc-proxy on each node ($B also with strict ARP, IPVS timeouts and an excluded CIDR)"
+declare -A extra=([$A]="" [$B]="--ipvs-strict-arp --ipvs-udp-timeout 20s --ipvs-tcpfin-timeout 30s --ipvs-exclude-cidrs $web_ip/32")
 for n in "$A" "$B"; do
+	# shellcheck disable=SC2086 # extra flags are a word list
 	ip netns exec "$(ns_of "$n")" "$bin/svc-proxy" --kubeconfig "$K8S_DIR/kubeconfig-vm" --hostname-override "$n" \
-		--cluster-cidr 10.244.0.0/16 --pod-routes --ipvs-sync-period 3s >>"$work/proxy-$n.log" 2>&1 &
+		--cluster-cidr 10.244.0.0/16 --pod-routes --ipvs-sync-period 3s ${extra[$n]} >>"$work/proxy-$n.log" 2>&1 &
 	proxy_pid[$n]=$!
 done
 # Converged: on both nodes the UDP Service's real server and the routes to the other Nodes.
@@ -175,6 +177,21 @@ run wait_until 180 converged
 for n in "$A" "$B"; do
 	expect "$n: /healthz 200" 200 "$(in_ns "$(ns_of "$n")" curl -s --max-time 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:10256/healthz)"
 done
+
+section "node settings: strict ARP and IPVS timeouts on $B only; an excluded CIDR's services are left alone"
+sysctl_in() { in_ns "$(ns_of "$1")" cat "/proc/sys/net/ipv4/conf/all/$2"; }
+expect "$A: arp_ignore left at 0" 0 "$(sysctl_in "$A" arp_ignore)"
+expect "$B: arp_ignore 1 (--ipvs-strict-arp)" 1 "$(sysctl_in "$B" arp_ignore)"
+expect "$B: arp_announce 2 (--ipvs-strict-arp)" 2 "$(sysctl_in "$B" arp_announce)"
+timeouts() { in_ns "$(ns_of "$1")" ipvsadm -L --timeout | awk '{ print $(NF-2), $(NF-1), $NF }'; }
+expect "$A: the kernel's IPVS timeouts" "900 120 300" "$(timeouts "$A")"
+expect "$B: IPVS timeouts tcpfin 30 s, udp 20 s" "900 30 20" "$(timeouts "$B")"
+for n in "$A" "$B"; do run in_ns "$(ns_of "$n")" ipvsadm -A -t "$web_ip:9999" -s rr; done
+gone_9999() { ! in_ns "$(ns_of "$A")" ipvsadm -Ln -t "$web_ip:9999" >/dev/null 2>&1; }
+check "$A: a hand-made virtual service on its VIP goes at the next resync" wait_until 30 gone_9999
+sleep 7 # more than two of $B's resync periods
+expect "$B: the same one on the excluded $web_ip/32 stays" 0 "$(in_ns "$(ns_of "$B")" ipvsadm -Ln -t "$web_ip:9999" >/dev/null 2>&1; echo $?)"
+run in_ns "$(ns_of "$B")" ipvsadm -D -t "$web_ip:9999"
 
 section "pod routes (host-gw): each node routes the other Nodes' pod CIDRs via their InternalIP"
 expect "$A: routes to $B and $C" "$(printf '%s via %s\n%s via %s\n' "${node_cidr[$B]}" "$lan.12" "${node_cidr[$C]}" "$lan.13" | sort)" "$(routes "$A")"
