@@ -256,6 +256,17 @@ impl ControlPlane {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Runs [`Self::vm_command`] to its end and returns its output, one VM at a time in this
+    /// test binary: two guests emulated at once on a 2-core machine each take twice as long, and
+    /// their timeouts would be the ones hit.
+    pub fn vm_output(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+        self.vm_command(args, env)
+            .output()
+            .expect("spawn tests/vm/run.sh")
+    }
+
     /// `tests/vm/run.sh ARGS` with the guest's forward to this API server
     /// (`VM_APISERVER_PORT`); `K8S_DIR` (this dir: `$K8S_DIR/kubeconfig-vm`, `$K8S_DIR/env`,
     /// `$K8S_DIR/pki`), `K8S_BIN` and each of `env` are set and passed into the guest (`VM_ENV`).

@@ -16,10 +16,7 @@ fn vm_guest_reaches_the_host_apiserver_and_nothing_else() {
     let marker = format!("vm-reach-{}", std::process::id());
     cp.kubectl(&["create", "namespace", &marker]);
 
-    let out = cp
-        .vm_command(&["tests/vm/k8s-reach.sh"], &[("K8S_MARKER", &marker)])
-        .output()
-        .expect("spawn tests/vm/run.sh");
+    let out = cp.vm_output(&["tests/vm/k8s-reach.sh"], &[("K8S_MARKER", &marker)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
@@ -51,10 +48,7 @@ fn vm_guest_reaches_the_host_apiserver_and_nothing_else() {
 fn svc_proxy_in_the_vm_serves_the_scenario_from_the_api() {
     require_root();
     let cp = ControlPlane::start();
-    let out = cp
-        .vm_command(&["tests/vm/e2e-k8s.sh"], &[])
-        .output()
-        .expect("spawn tests/vm/run.sh");
+    let out = cp.vm_output(&["tests/vm/e2e-k8s.sh"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
@@ -79,10 +73,7 @@ fn svc_proxy_in_the_vm_serves_the_scenario_from_the_api() {
 fn svc_proxy_serves_every_service_type_on_two_nodes() {
     require_root();
     let cp = ControlPlane::start();
-    let out = cp
-        .vm_command(&["--timeout", "1800", "tests/vm/e2e-cluster.sh"], &[])
-        .output()
-        .expect("spawn tests/vm/run.sh");
+    let out = cp.vm_output(&["--timeout", "1800", "tests/vm/e2e-cluster.sh"], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
