@@ -10,15 +10,16 @@
 //! with `KUBE-`. It refuses while kube-proxy still runs in this network namespace (it would put
 //! everything back at its next sync), and it is idempotent.
 //!
-//! The chains go through `iptables-save` and one `iptables-restore --noflush` per table (atomic:
-//! a table is cleaned entirely or not at all); the sets are destroyed over netlink.
+//! The chains go through `iptables-save` and one `iptables-restore --noflush` per table
+//! (`nodenet::iptables`; atomic: a table is cleaned entirely or not at all); the sets are
+//! destroyed over netlink (`nodenet::ipset`).
 
 use nodenet::ipset::Ipset;
+use nodenet::iptables::{Iptables, IptablesError};
+use nodenet::Family;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// kube-proxy's IPVS-mode chains, per table (`iptablesCleanupChains` in proxier.go).
 pub const KUBE_PROXY_CHAINS: &[(&str, &[&str])] = &[
@@ -104,20 +105,12 @@ pub enum TakeoverError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: &'static str,
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
-    #[error("{program}: cannot parse its output: {detail}")]
+    #[error(transparent)]
+    Iptables(#[from] IptablesError),
+    #[error("{program}-save -t {table}: cannot parse its output: {detail}")]
     Parse {
         program: &'static str,
+        table: &'static str,
         detail: String,
     },
     #[error("ipset {set} is still in use (a rule that is not kube-proxy's matches it?): {source}")]
@@ -314,53 +307,6 @@ pub fn plan_table(
     Ok(plan)
 }
 
-/// `iptables` or `ip6tables`: the save and restore programs of one family.
-struct Family {
-    save: &'static str,
-    restore: &'static str,
-}
-
-const FAMILIES: [Family; 2] = [
-    Family {
-        save: "iptables-save",
-        restore: "iptables-restore",
-    },
-    Family {
-        save: "ip6tables-save",
-        restore: "ip6tables-restore",
-    },
-];
-
-fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| TakeoverError::Spawn { program, source })?;
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(input.as_bytes())
-            .map_err(|source| TakeoverError::Spawn { program, source })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| TakeoverError::Spawn { program, source })?;
-    if !out.status.success() {
-        return Err(TakeoverError::Failed {
-            command: format!("{program} {}", args.join(" ")),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// What was (or, in a dry run, would be) removed.
 #[derive(Debug, Default)]
 pub struct Removed {
@@ -375,14 +321,16 @@ pub fn remove_leftovers(dry_run: bool) -> Result<Removed> {
     refuse_if_kube_proxy_runs()?;
     let mut removed = Removed::default();
     let mut first_error = None;
-    for family in &FAMILIES {
-        let text = run(family.save, &[], None)?;
-        let tables = parse_save(&text).map_err(|detail| TakeoverError::Parse {
-            program: family.save,
-            detail,
-        })?;
-        let tool = family.restore.trim_end_matches("-restore");
+    for family in [Family::V4, Family::V6] {
+        let ipt = Iptables::new(family);
+        let tool = ipt.command();
         for (name, _) in KUBE_PROXY_CHAINS {
+            let text = ipt.save(name)?;
+            let tables = parse_save(&text).map_err(|detail| TakeoverError::Parse {
+                program: tool,
+                table: name,
+                detail,
+            })?;
             let Some(table) = tables.get(*name) else {
                 continue;
             };
@@ -391,7 +339,7 @@ pub fn remove_leftovers(dry_run: bool) -> Result<Removed> {
                 Ok(p) => p,
                 Err((chain, from, rule)) => {
                     let e = TakeoverError::ForeignReference {
-                        program: family.save,
+                        program: tool,
                         table: name.to_string(),
                         chain,
                         from,
@@ -403,11 +351,8 @@ pub fn remove_leftovers(dry_run: bool) -> Result<Removed> {
                 }
             };
             if !dry_run {
-                if let Err(e) = run(
-                    family.restore,
-                    &["-w", "--noflush"],
-                    Some(&plan.restore_script(name)),
-                ) {
+                if let Err(e) = ipt.restore(&plan.restore_script(name)) {
+                    let e = TakeoverError::from(e);
                     log::error!("{e}");
                     first_error.get_or_insert(e);
                     continue;
