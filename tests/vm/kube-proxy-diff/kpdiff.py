@@ -74,9 +74,16 @@ KUBE_SETS = {
 SET_MEANING = dict(KUBE_SETS)
 for _name, _meaning in KUBE_SETS.items():
     SET_MEANING[_name.replace("KUBE-", "KUBE-6-", 1)[:31]] = _meaning
-# svc-proxy's sets: the loop-back pair; any other SVCPROXY-[6-]NAME means "name" lowercased, so a
-# set named after kube-proxy's meaning is compared with kube-proxy's.
-SET_MEANING.update({"SVCPROXY-LOOP-BACK": "loop-back", "SVCPROXY-6-LOOP-BACK": "loop-back"})
+# svc-proxy's sets: SVCPROXY-[6-]NAME means "name" lowercased (kube-proxy's meaning where the
+# names match), except these.
+for _name, _meaning in {
+    "LB-SOURCE-CIDR": "load-balancer-source-cidr",
+    "LB-SOURCE-IP": "load-balancer-source-ip",
+    "LB-NO-NODE": "load-balancer-no-node",
+    "VIPS": "ipvs-ips",
+}.items():
+    SET_MEANING["SVCPROXY-" + _name] = _meaning
+    SET_MEANING["SVCPROXY-6-" + _name] = _meaning
 
 # What kube-proxy's restating sets hold, derived from the API (see derivations()).
 DERIVATION_TEXT = {
@@ -93,6 +100,7 @@ DERIVATION_TEXT = {
     "node-port-local-udp": "every UDP node port (externalTrafficPolicy Local)",
     "health-check-node-port": "every health check node port",
     "ipvs-ips": "every address on the dummy device",
+    "owned": "every virtual service not on the dummy device",
 }
 
 
@@ -275,10 +283,17 @@ def ip_port(ip, port):
     return "[%s]:%s" % (ip, port) if ":" in ip else "%s:%s" % (ip, port)
 
 
-def derivations(items, dummy_addresses):
-    """What kube-proxy's restating sets hold, for each meaning (entries as normalized)."""
+def derivations(items, dummy_addresses, services):
+    """What the sets that restate the API or the IPVS table hold, for each meaning (entries as
+    normalized); `services` are the normalized "service ..." lines."""
     d = {k: set() for k in DERIVATION_TEXT}
-    d["ipvs-ips"] = {a.split("/")[0] for a in dummy_addresses}
+    on_dummy = {a.split("/")[0] for a in dummy_addresses}
+    d["ipvs-ips"] = on_dummy
+    for line in services:
+        proto, vip = line.split()[1:3]
+        host, port = split_host_port(vip)
+        if host not in on_dummy:
+            d["owned"].add("%s,%s:%s" % (host, proto.lower(), port))
     for svc in proxied_services(items):
         spec = svc["spec"]
         local = spec.get("externalTrafficPolicy") == "Local"
@@ -403,6 +418,8 @@ class Tokens:
                     self.dummy_addresses.append("%s/%s" % (ip, a["prefixlen"]))
 
     def ip(self, s):
+        if s.startswith("<"):
+            return s  # already a placeholder
         s = canon_ip(s)
         return self.map.get(s, s)
 
@@ -480,7 +497,7 @@ def set_entry(entry, tokens):
     return ",".join(parts)
 
 
-def set_lines(text, tokens, items):
+def set_lines(text, tokens, items, services):
     members = {}
     for raw in text.splitlines():
         words = raw.split()
@@ -494,7 +511,7 @@ def set_lines(text, tokens, items):
                 continue  # neither proxy's (none in a fresh node namespace)
             meaning = m.group(1).lower()
         members.setdefault(meaning, set()).add(set_entry(words[2], tokens))
-    derived = derivations(items, tokens.dummy_addresses)
+    derived = derivations(items, tokens.dummy_addresses, services)
     out = []
     for meaning, entries in sorted(members.items()):
         if meaning in derived and entries == {set_entry(e, tokens) for e in derived[meaning]}:
@@ -512,7 +529,7 @@ def normalize(dirname, dummy, items):
     lines += ["vip %s" % a for a in tokens.dummy_addresses]
     lines.append("dummy %s" % ("up" if tokens.dummy_up else "down"))
     with open(os.path.join(dirname, "ipset.save")) as f:
-        lines += set_lines(f.read(), tokens, items)
+        lines += set_lines(f.read(), tokens, items, [l for l in lines if l.startswith("service ")])
     return sorted(set(lines))
 
 
