@@ -128,7 +128,7 @@ while IFS='|' read -r flags files; do
 	fi
 	while read -r ns pod; do run ck delete pod -n "$ns" "$pod" --wait=false >/dev/null; done <"$r/delete.txt"
 	t0=$(now)
-	run wait_until 120 api_settled "$r"
+	run wait_every 120 1 api_settled "$r"
 	echo "objects in the API, slices settled after $(since "$t0") s"
 
 	run cluster_netns "kp$round" "${tag}a" 10
@@ -145,13 +145,14 @@ while IFS='|' read -r flags files; do
 	sp_pid=$!
 	kp_synced() { proxy_alive "$kp_pid" kube-proxy "$r/kube-proxy.log" && synced "$kp_ns" IPv4 IPv6; }
 	sp_synced() { proxy_alive "$sp_pid" svc-proxy "$r/svc-proxy.log" && synced "$sp_ns" IPv4; }
-	run wait_until 300 sp_synced
+	run wait_every 300 1 sp_synced
 	echo "svc-proxy synced after $(since "$t0") s"
-	run wait_until 300 kp_synced
+	run wait_every 600 2 kp_synced
 	echo "kube-proxy synced (IPv4 and IPv6) after $(since "$t0") s"
 	run dump "$kp_ns" "$r/kube-proxy"
 	run dump "$sp_ns" "$r/svc-proxy"
 	stop_proxies
+	[ "${KPDIFF_KEEP:-}" = 1 ] && cp -r "$r" "$VM_JOB/kpdiff-round$round"
 
 	tool normalize --dummy kube-ipvs0 --api "$r/api.json" "$r/kube-proxy" >"$r/kube-proxy.lines" ||
 		{ fail "setup: normalizing kube-proxy's state"; finish; }
@@ -174,14 +175,13 @@ while IFS='|' read -r flags files; do
 		for f in kube-proxy.lines svc-proxy.lines kube-proxy.log svc-proxy.log; do echo "--- $f"; cat "$r/$f"; done
 	fi
 
-	[ "${KPDIFF_KEEP:-}" = 1 ] && cp -r "$r" "$VM_JOB/kpdiff-round$round"
 	cluster_remove "kp$round"
 	cluster_remove "sp$round"
 	# Pods bound to a node without a kubelet would stay Terminating, and their namespace with them.
 	run ck delete pods -A -l kpdiff.nodenet.test/state --force --grace-period=0 >/dev/null 2>&1
 	# shellcheck disable=SC2046 # one namespace per line
 	run ck delete namespace $(cat "$r/namespaces.txt") --wait=false >/dev/null
-	run wait_until 120 round_gone "$r/namespaces.txt"
+	run wait_every 120 1 round_gone "$r/namespaces.txt"
 done <"$work/rounds"
 
 finish

@@ -56,10 +56,11 @@ show_logs() {
 }
 run() { "$@" || { fail "setup: '$*' failed"; show_logs; finish; }; }
 
-section "a node, two web pods and a client pod (cni-bridge), Services through the API"
+section "a node, two web pods and a client pod (cni-bridge), an outside machine, Services through the API"
 run cluster_init "$tag" "$work"
 run cluster_underlay "${tag}u" 192.168.60
 run cluster_node "$nodename" "${tag}u" 11
+run cluster_client outside "${tag}u" 50
 run cluster_commit_nodes
 node=$(cluster_ns "$nodename")
 N() { in_ns "$node" "$@"; }
@@ -95,7 +96,17 @@ spec:
   externalIPs: [$ext]
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec:
+  type: NodePort
+  clusterIP: 10.96.50.40
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30450}]
 EOF
+node_address=${node_ip[$nodename]}
 
 # What others put in the node's netfilter state, which the leftovers command must not touch:
 # kubelet's canary chains, an operator's rule and an ipset whose name merely starts with KUBE-.
@@ -105,12 +116,20 @@ run N iptables -t filter -A INPUT -p tcp --dport 22 -m comment --comment "operat
 run N ipset create KUBE-OPERATOR-ALLOW hash:ip
 run N ipset add KUBE-OPERATOR-ALLOW 192.168.60.99
 
+# synced FAMILY...: the proxy's metrics say it has synced each FAMILY, no sync is older than the
+# last change queued for its family, and nothing is pending.
 synced() {
-	N curl -s --max-time 3 http://127.0.0.1:10249/metrics | awk '
-		/^kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds\{ip_family="IPv4"\}/ { q = $2 + 0 }
-		/^kubeproxy_sync_proxy_rules_last_timestamp_seconds\{ip_family="IPv4"\}/ { s = $2 + 0 }
+	N curl -s --max-time 3 http://127.0.0.1:10249/metrics | awk -v need="$*" '
+		function family() { match($0, /ip_family="[^"]+"/); return substr($0, RSTART + 11, RLENGTH - 12) }
+		/^kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds\{/ { queued[family()] = $2 + 0 }
+		/^kubeproxy_sync_proxy_rules_last_timestamp_seconds\{/ { synced[family()] = $2 + 0 }
 		/^kubeproxy_sync_proxy_rules_(endpoint|service)_changes_pending / { if ($2 + 0 != 0) busy = 1 }
-		END { exit !(s > 0 && s >= q && !busy) }'
+		END {
+			n = split(need, f, " ")
+			for (i = 1; i <= n; i++) if (!(f[i] in synced) || synced[f[i]] == 0) exit 1
+			for (k in synced) if ((k in queued) && synced[k] < queued[k]) exit 1
+			exit busy
+		}'
 }
 # The IPVS table without its counters (-S: services, flags, real servers, weights).
 table() { N ipvsadm -S -n | sort; }
@@ -133,16 +152,21 @@ ip netns exec "$node" "$K8S_BIN/kube-proxy" --proxy-mode=ipvs --kubeconfig "$K8S
 	>"$work/kube-proxy.log" 2>&1 &
 kp_pid=$!
 t0=$(now)
-run wait_until 300 synced
+# Both halves: kube-proxy runs dual-stack (ip6tables works here), its IPv6 half writes the
+# ip6tables chains and KUBE-6-* sets.
+run wait_every 600 2 synced IPv4 IPv6
 run wait_until 60 both_endpoints
-echo "kube-proxy synced after $(since "$t0") s"
+echo "kube-proxy synced (IPv4 and IPv6) after $(since "$t0") s"
+check "kube-proxy's ip6tables chains are in place" sh -c "ip netns exec $node ip6tables-save -t nat | grep -q '^:KUBE-SERVICES'"
 N ipvsadm -Ln
-vips() { N ip -o -4 addr show dev kube-ipvs0 | awk '{ print $4 }' | grep -x -e "$vip/32" -e "$sticky/32" -e "$ext/32" -e '10.96.50.30/32' | sort | tr '\n' ' '; }
-expect "kube-ipvs0 holds the VIPs" "10.96.50.10/32 10.96.50.20/32 10.96.50.30/32 192.0.2.50/32 " "$(vips)"
+vips() { N ip -o -4 addr show dev kube-ipvs0 | awk '{ print $4 }' | grep -x -e "$vip/32" -e "$sticky/32" -e "$ext/32" -e '10.96.50.[34]0/32' | sort | tr '\n' ' '; }
+expect "kube-ipvs0 holds the VIPs" "10.96.50.10/32 10.96.50.20/32 10.96.50.30/32 10.96.50.40/32 192.0.2.50/32 " "$(vips)"
+check "kube-proxy's node port on the node's address" N ipvsadm -Ln -t "$node_address:30450"
 check "kube-proxy's chains are in place" sh -c "ip netns exec $node iptables-save -t nat | grep -q '^:KUBE-SERVICES'"
 check "kube-proxy's sets are in place" sh -c "ip netns exec $node ipset list -n | grep -qx KUBE-LOOP-BACK"
 answers=$(requests "$(cluster_ns client)" 10 "$vip:80")
 expect "10 requests from the client pod through kube-proxy's VIP, round robin" "web-a=5 web-b=5" "$(echo "$answers" | tally)"
+expect "4 requests from outside to the node port, round robin" "web-a=2 web-b=2" "$(requests "$(cluster_ns outside)" 4 "$node_address:30450" | tally)"
 
 mkdir -p "$work/conn"
 in_ns "$(cluster_ns client)" python3 "$here/long-conn.py" "$vip" 80 "$work/conn" 2>"$work/conn/err" &
@@ -173,10 +197,10 @@ ip netns exec "$node" "$bin/svc-proxy" --dummy kube-ipvs0 --kubeconfig "$K8S_DIR
 	>"$work/svc-proxy.log" 2>&1 &
 sp_pid=$!
 t0=$(now)
-run wait_until 120 synced
+run wait_every 120 1 synced IPv4
 echo "svc-proxy synced after $(since "$t0") s"
 # Two full resyncs (3 s period) after the first sync: a resync must not recreate anything either.
-run wait_until 60 full_syncs 3
+run wait_every 60 1 full_syncs 3
 expect "the IPVS table is unchanged (services, flags, real servers, weights)" "$before" "$(table)"
 churn=$(grep -E ': (add|update|delete) service |(add|set|delete) real server |(add|delete) address |applied .*(add_service|del_service|add_dest|del_dest)' "$work/svc-proxy.log")
 expect "svc-proxy's log: no virtual service, real server or VIP added, changed or deleted" "" "$churn"
@@ -188,6 +212,8 @@ run wait_until 30 test -f "$work/conn/answer.2"
 expect "the long-lived connection answers across the switch, same pod, same connection" "$first" "$(cat "$work/conn/answer.2")"
 answers=$(requests "$(cluster_ns client)" 10 "$vip:80")
 expect "10 new requests through the VIP, round robin" "web-a=5 web-b=5" "$(echo "$answers" | tally)"
+expect "4 requests from outside to the node port (kube-proxy's masquerade rules still in place)" "web-a=2 web-b=2" \
+	"$(requests "$(cluster_ns outside)" 4 "$node_address:30450" | tally)"
 expect "the connection counter counts them" yes \
 	"$(n=$(connections "$vip:80"); [ "$n" -ge $((conns_after + 10)) ] && echo yes || echo "$conns_after -> $n")"
 expect "web-a through the VIP, four times: itself twice (hairpin), web-b twice" "web-a=2 web-b=2" "$(requests "$(cluster_ns web-a)" 4 "$vip:80" | tally)"
@@ -205,7 +231,10 @@ out=$(ip netns exec "$node" "$bin/svc-proxy" remove-kube-proxy-leftovers 2>"$wor
 rc=$?
 expect "remove-kube-proxy-leftovers exits 0" 0 "$rc"
 [ "$rc" = 0 ] || cat "$work/leftovers.err"
-echo "$(grep -c '^removed iptables' <<<"$out") iptables rules and chains, $(grep -c '^removed ipset' <<<"$out") ipsets removed"
+echo "removed: $(grep -c '^removed iptables' <<<"$out") iptables and $(grep -c '^removed ip6tables' <<<"$out") ip6tables rules and chains, $(grep -c '^removed ipset' <<<"$out") ipsets"
+expect "it removed kube-proxy's chains in both families" "KUBE-SERVICES KUBE-SERVICES" \
+	"$(sed -n 's/^removed ip6\{0,1\}tables -t nat -X \(KUBE-SERVICES\)$/\1/p' <<<"$out" | tr '\n' ' ' | sed 's/ $//')"
+expect "it removed kube-proxy's 34 sets (17 per family)" 34 "$(grep -c '^removed ipset KUBE-' <<<"$out")"
 expect "no chain or jump of kube-proxy's is left (iptables, ip6tables)" "" "$(netfilter | grep -E -- "$kube_proxy_chains( |$)")"
 expect "no ipset of kube-proxy's is left" "" "$(N ipset list -n | grep -E '^KUBE-' | grep -v '^KUBE-OPERATOR-ALLOW$')"
 expect "kubelet's canary chains stay" "filter mangle nat nat6" \
@@ -215,7 +244,7 @@ expect "the operator's set stays, with its member" "192.168.60.99" "$(N ipset li
 check "svc-proxy's masquerade chain stays" N iptables -t nat -C POSTROUTING -j SVCPROXY-POSTROUTING
 check "svc-proxy's loop-back set stays" N ipset list -n SVCPROXY-LOOP-BACK
 expect "the IPVS table is unchanged" "$before" "$(table)"
-expect "kube-ipvs0 still holds the VIPs" "10.96.50.10/32 10.96.50.20/32 10.96.50.30/32 192.0.2.50/32 " "$(vips)"
+expect "kube-ipvs0 still holds the VIPs" "10.96.50.10/32 10.96.50.20/32 10.96.50.30/32 10.96.50.40/32 192.0.2.50/32 " "$(vips)"
 touch "$work/conn/go.3"
 run wait_until 30 test -f "$work/conn/answer.3"
 expect "the long-lived connection still answers, same pod, same connection" "$first" "$(cat "$work/conn/answer.3")"
@@ -226,6 +255,8 @@ expect "web-a through the VIP: itself twice (hairpin, svc-proxy's rule alone now
 expect "the ClientIP-affinity Service sends the client's 4 requests to one pod" yes \
 	"$(t=$(requests "$(cluster_ns client)" 4 "$sticky:81" | tally); [[ $t =~ ^web-[ab]=4$ ]] && echo yes || echo "$t")"
 expect "the external IP, from the node: round robin" "web-a=2 web-b=2" "$(requests "$node" 4 "$ext:80" | tally)"
+expect "4 requests from outside to the node port (svc-proxy's masquerade rules alone)" "web-a=2 web-b=2" \
+	"$(requests "$(cluster_ns outside)" 4 "$node_address:30450" | tally)"
 
 section "5. a second run finds nothing to remove"
 out=$(ip netns exec "$node" "$bin/svc-proxy" remove-kube-proxy-leftovers 2>&1)
