@@ -10,37 +10,23 @@
 //!   need neither root nor the VM.
 //!
 //! The VM tests need root (QEMU's 9p export of `/`) and the VM's packages (scripts/setup.sh):
-//! `cargo test -p node-tests --test kube_proxy_vm`. One VM boot each; the two run one after the
-//! other (a mutex), since two TCG guests on the project's two cores would slow both past use.
+//! `cargo test -p node-tests --test kube_proxy_vm`. One VM boot each, one after the other
+//! ([`ControlPlane::vm_output`]); run.sh's last line says how long each guest ran.
 
 use node_tests::containerd::repo_root;
 use node_tests::k8s::ControlPlane;
 use node_tests::root::require_root;
 use std::process::Command;
-use std::sync::Mutex;
-use std::time::Instant;
-
-/// One VM at a time (see the module doc).
-static VM: Mutex<()> = Mutex::new(());
 
 /// Runs a VM script against a fresh control plane; asserts that it ran to its end with every
 /// PASS/FAIL check passed, and returns how many checks passed.
 fn vm_script(script: &str) -> usize {
     require_root();
-    let _one_vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let cp = ControlPlane::start();
-    let started = Instant::now();
-    let out = cp
-        .vm_command(&[script], &[])
-        .output()
-        .expect("spawn tests/vm/run.sh");
+    let out = cp.vm_output(&[script], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}{stderr}");
-    eprintln!(
-        "{script}: {:.0} s including the VM's boot",
-        started.elapsed().as_secs_f64()
-    );
     let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
     let passed = stdout.lines().filter(|l| l.starts_with("PASS")).count();
     assert!(
