@@ -18,6 +18,8 @@ packages=(
   qemu-system-x86 busybox-static cpio gzip
   # the real control plane (tests/k8s: its PKI; Go >= 1.26 builds it) and the VM's forward to it
   openssl socat
+  # the kube-proxy differential test's tool reads the corpus (tests/vm/kube-proxy-diff/kpdiff.py)
+  python3-yaml
 )
 missing=()
 for p in "${packages[@]}"; do

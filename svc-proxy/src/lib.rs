@@ -14,7 +14,8 @@
 //!
 //! [`controller`] runs the loop (batching, min/full sync periods, backoff, draining);
 //! [`daemon`] wires it all from [`config`]-resolved settings; [`http`], [`health`],
-//! [`metrics`], [`instance`] and [`logger`] are the operator-facing parts.
+//! [`metrics`], [`instance`] and [`logger`] are the operator-facing parts; [`takeover`] removes
+//! kube-proxy's leftovers once svc-proxy has taken a node over.
 
 pub mod config;
 pub mod controller;
@@ -39,4 +40,5 @@ pub mod rules;
 mod scale_tests;
 pub mod source;
 pub mod store;
+pub mod takeover;
 pub mod validate;

@@ -41,6 +41,16 @@ enum Command {
         #[arg(long, value_name = "NAME", default_value = DEFAULT_DUMMY)]
         dummy: String,
     },
+    /// After switching a node from kube-proxy --proxy-mode=ipvs (svc-proxy started with
+    /// --dummy kube-ipvs0 adopts its VIPs and virtual services): remove what kube-proxy left
+    /// that svc-proxy does not use — its iptables chains and the jumps to them (IPv4 and IPv6)
+    /// and its KUBE-* ipsets, by kube-proxy's exact names. Never the IPVS services or
+    /// kube-ipvs0. Refuses while kube-proxy runs in this network namespace; can run twice.
+    RemoveKubeProxyLeftovers {
+        /// Print what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Read the sources once (the cluster, manifests, records) and print the virtual services
     /// they define (ipvsadm -Ln style); touches no kernel state. Exits 1 when an object is
     /// invalid or two Services claim one VIP:port.
@@ -223,6 +233,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::Cleanup { dummy }) => cleanup(&dummy),
         Some(Command::Check { sources, scheduler }) => check(sources, scheduler),
+        Some(Command::RemoveKubeProxyLeftovers { dry_run }) => remove_kube_proxy_leftovers(dry_run),
         None if cli.run.cleanup => cleanup(&cli.run.dummy),
         None => run(cli.run),
     };
@@ -247,6 +258,33 @@ fn cleanup(dummy: &str) -> Result<()> {
     let mut kernel = Kernel::open_for_cleanup(dummy)?;
     svc_proxy::dataplane::Dataplane::cleanup(&mut kernel)?;
     log::info!("removed everything svc-proxy owned (dummy device {dummy})");
+    Ok(())
+}
+
+fn remove_kube_proxy_leftovers(dry_run: bool) -> Result<()> {
+    let removed = svc_proxy::takeover::remove_leftovers(dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for line in &removed.rules {
+        println!("{verb} {line}");
+    }
+    for set in &removed.sets {
+        println!("{verb} ipset {set}");
+    }
+    if removed.rules.is_empty() && removed.sets.is_empty() {
+        log::info!("nothing of kube-proxy's is left (chains, jumps, sets)");
+    } else {
+        log::info!(
+            "{verb} {} iptables rule(s) and chain(s), {} ipset(s) of kube-proxy's",
+            removed.rules.len(),
+            removed.sets.len()
+        );
+    }
+    if svc_proxy::instance::Instance::running("kube-ipvs0").is_none() {
+        log::warn!(
+            "no svc-proxy manages kube-ipvs0 here: kube-proxy's virtual services on it are \
+             nobody's until `svc-proxy --dummy kube-ipvs0` runs"
+        );
+    }
     Ok(())
 }
 

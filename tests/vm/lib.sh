@@ -132,6 +132,18 @@ wait_until() {
 	done
 }
 
+# wait_every SECS INTERVAL CMD...: wait_until polling every INTERVAL seconds, for a CMD that
+# starts processes (curl, kubectl) while the awaited program needs the CPU: under TCG a tight
+# poll steals much of it.
+wait_every() {
+	local end=$((SECONDS + $1)) interval=$2
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < end)) || return 1
+		sleep "$interval"
+	done
+}
+
 # requests NETNS COUNT [HOST:PORT]: COUNT sequential requests to HOST:PORT (default $vip:8080;
 # [ADDR]:PORT for IPv6), each on a new connection, from one curl process (start-up dominates under
 # emulation); prints each answer, "-" for a failed one, and with SCENARIO_VERBOSE=1 also one line
