@@ -250,7 +250,10 @@ pub fn service(
                 }
                 plan.virtual_services.push(placed(s, members, node));
             }
-            if let Some(np) = port.node_port {
+            // Node ports only in the Service's own families (kube-proxy runs one proxier per
+            // family, each with the Services of its family).
+            let in_family = svc.cluster_ips.iter().any(|ip| ip.is_ipv4() == v4);
+            if let (Some(np), true) = (port.node_port, in_family) {
                 for &ip in node
                     .nodeport_addresses
                     .iter()

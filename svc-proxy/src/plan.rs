@@ -2,7 +2,7 @@
 
 use crate::model::{
     Desired, DesiredService, Member, Observed, ObservedService, PodRoute, ServiceKey, SetId,
-    SetKind, VirtualService, ENDPOINT_WEIGHT,
+    VirtualService, ENDPOINT_WEIGHT,
 };
 use ipnetwork::IpNetwork;
 use std::collections::BTreeSet;
@@ -147,11 +147,12 @@ impl fmt::Display for Op {
 /// Computes the operations that turn `observed` into `desired`, touching only what is ours:
 /// [`plan_subset`] over every virtual service, set member, dummy-device address and route.
 ///
-/// Order: VIP addresses first, then the ownership marks of services that are not on the dummy
-/// device, per service the service and its real servers, then services that are no longer
-/// wanted, set members added then removed (so a mark goes only after its service), routes, and
-/// last the addresses no longer wanted. A real server that is no longer wanted is deleted at once
-/// for UDP; for TCP and SCTP it is first set to weight 0 and deleted once it has no connections
+/// Order: VIP addresses first, then the set members wanted (ownership marks before their
+/// services, hairpin entries before their real servers), per service the service and its real
+/// servers, then services that are no longer wanted, set members removed (so a mark goes only
+/// after its service), routes, and last the addresses no longer wanted. A real server that is no
+/// longer wanted is deleted at once for UDP and SCTP; for TCP it is first set to weight 0 and
+/// deleted once it has no connections
 /// or `drain_expired(service, dest)` says its grace period is over. A wanted real server found at
 /// weight 0 (a drain interrupted by a restart, or a pod that came back) gets its weight back.
 pub fn plan(
@@ -215,8 +216,9 @@ pub fn plan_subset(
             ops.push(Op::AddAddress(*addr));
         }
     }
-    let is_mark = |set: &SetId| set.kind == SetKind::Owned;
-    for (set, member) in subset.members.iter().filter(|(s, _)| is_mark(s)) {
+    // Members go in before the services they describe: an ownership mark before its service
+    // exists, a hairpin entry before its real server takes connections.
+    for (set, member) in &subset.members {
         if desired.has_member(set, member) && !observed.has_member(set, member) {
             ops.push(Op::AddMember {
                 set: *set,
@@ -236,14 +238,6 @@ pub fn plan_subset(
             && !desired.excluded(&key.addr)
         {
             ops.push(Op::DelService(*key));
-        }
-    }
-    for (set, member) in subset.members.iter().filter(|(s, _)| !is_mark(s)) {
-        if desired.has_member(set, member) && !observed.has_member(set, member) {
-            ops.push(Op::AddMember {
-                set: *set,
-                member: *member,
-            });
         }
     }
     for (set, member) in &subset.members {
@@ -391,6 +385,7 @@ pub fn draining_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SetKind;
     use crate::model::{DesiredService, ObservedDest};
     use nodenet::Protocol::{Tcp, Udp};
     use std::collections::{BTreeMap, BTreeSet};
@@ -492,7 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn scenario_from_empty_adds_address_service_dests_and_loopback_in_order() {
+    fn scenario_from_empty_adds_address_loopback_service_and_dests_in_order() {
         let k = key(VIP, Tcp, 8080);
         let d = desired(&[(k, "rr", &["10.0.0.11:8080", "10.0.0.21:8080"])]);
         let ops = plan(&d, &Observed::default(), &never);
@@ -500,6 +495,9 @@ mod tests {
             ops,
             vec![
                 Op::AddAddress(VIP.parse().unwrap()),
+                // Hairpin entries before the real servers that may take a pod's own connection.
+                add_lb("10.0.0.11:8080", Tcp),
+                add_lb("10.0.0.21:8080", Tcp),
                 Op::AddService(vs(k, "rr", None)),
                 Op::AddDest {
                     service: k,
@@ -511,8 +509,6 @@ mod tests {
                     dest: sa("10.0.0.21:8080"),
                     weight: 1
                 },
-                add_lb("10.0.0.11:8080", Tcp),
-                add_lb("10.0.0.21:8080", Tcp),
             ]
         );
     }
@@ -566,12 +562,12 @@ mod tests {
         assert_eq!(
             plan(&after, &in_sync(&before), &never),
             vec![
+                add_lb("10.0.0.21:8080", Tcp),
                 Op::AddDest {
                     service: k,
                     dest: sa("10.0.0.21:8080"),
                     weight: 1
                 },
-                add_lb("10.0.0.21:8080", Tcp),
             ]
         );
     }
@@ -844,6 +840,7 @@ mod tests {
         assert_eq!(
             ops,
             vec![
+                add_lb("10.0.0.4:80", Tcp),
                 Op::AddDest {
                     service: a,
                     dest: sa("10.0.0.4:80"),
@@ -855,7 +852,6 @@ mod tests {
                     weight: 0
                 },
                 Op::DelService(gone),
-                add_lb("10.0.0.4:80", Tcp),
                 del_lb("10.0.0.9:80", Tcp),
                 Op::DelAddress(gone.addr),
             ]

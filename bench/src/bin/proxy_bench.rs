@@ -374,8 +374,8 @@ fn latency(args: &Args, n: usize) -> Result<Latency> {
             .stderr(log)
             .spawn()?,
     );
-    // Converged: the last virtual service has its real servers, and the loop-back set (written
-    // after all of IPVS, in address order) has its last entry.
+    // Converged: the last virtual service has its real servers (IPVS goes in address order, after
+    // the set entries), and the loop-back set has its last entry.
     let last = key(n - 1);
     let set = Ipset::open()?;
     while ipvs.destinations(&last).map(|d| d.len()).unwrap_or(0) < ENDPOINTS

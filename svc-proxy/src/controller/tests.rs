@@ -215,12 +215,12 @@ fn scenario_from_pods_is_programmed_and_follows_pod_add_and_del() {
     assert_eq!(
         c.dp.take(),
         vec![
+            add_lb(sa("10.0.0.21:8080"), Tcp),
             Op::AddDest {
                 service: k,
                 dest: sa("10.0.0.21:8080"),
                 weight: 1
             },
-            add_lb(sa("10.0.0.21:8080"), Tcp),
         ]
     );
     assert_eq!(

@@ -267,6 +267,35 @@ fn node_ports_listen_on_the_node_addresses() {
     assert!(!m.iter().any(|l| l.contains("LOCAL")), "{m:?}");
 }
 
+/// On a dual-stack node, a single-stack Service's node ports are on the addresses of its own
+/// family only (kube-proxy's `node-port-other-family` difference, found by the differential test).
+#[test]
+fn node_ports_stay_in_the_services_families() {
+    let v6: IpAddr = "fd00:50::10".parse().unwrap();
+    let mut view = node();
+    view.nodeport_addresses.insert(v6);
+    view.addresses.insert(v6);
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.7\n  ports: [{name: t, port: 80, nodePort: 30080}, {name: s, port: 9, protocol: SCTP, nodePort: 30009}]\n";
+    let mut d = Derived::new("rr", vec![]);
+    d.set_node(view.clone());
+    d.derive_all(&store(yaml, SourceId::Api, &[]));
+    let keys: Vec<String> = d.desired().services.keys().map(|k| k.to_string()).collect();
+    assert!(keys.iter().all(|k| !k.contains("fd00")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("192.168.1.2")), "{keys:?}");
+    assert!(
+        !members(&d).iter().any(|m| m.contains("fd00")),
+        "{:?}",
+        members(&d)
+    );
+    // A dual-stack Service gets them in both.
+    let dual = yaml.replace("clusterIP: 10.96.0.7", "clusterIP: 10.96.0.7\n  clusterIPs: [10.96.0.7, \"fd00:96::7\"]\n  ipFamilyPolicy: RequireDualStack");
+    let mut d = Derived::new("rr", vec![]);
+    d.set_node(view);
+    d.derive_all(&store(&dual, SourceId::Api, &[]));
+    let keys: Vec<String> = d.desired().services.keys().map(|k| k.to_string()).collect();
+    assert!(keys.iter().any(|k| k.contains("fd00:50::10")), "{keys:?}");
+}
+
 const LOCAL_LB: &str = "apiVersion: v1
 kind: Service
 metadata: {name: lb}
