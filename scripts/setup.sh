@@ -20,6 +20,8 @@ packages=(
   openssl socat
   # the kube-proxy differential test's tool reads the corpus (tests/vm/kube-proxy-diff/kpdiff.py)
   python3-yaml
+  # kube-proxy --proxy-mode=nftables, the third column of bench/kube-proxy (it execs nft)
+  nftables
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -538,6 +538,17 @@ enum Batch {
     Routes,
 }
 
+impl Batch {
+    fn name(self) -> &'static str {
+        match self {
+            Batch::Address => "VIP addresses",
+            Batch::Ipvs => "IPVS",
+            Batch::Members => "set members",
+            Batch::Routes => "routes",
+        }
+    }
+}
+
 fn batch(op: &Op) -> Batch {
     match op {
         Op::AddAddress(_) | Op::DelAddress(_) => Batch::Address,
@@ -785,6 +796,8 @@ impl Dataplane for Kernel {
 
     fn apply(&mut self, ops: &[Op]) -> Vec<Result<()>> {
         let mut results = Vec::with_capacity(ops.len());
+        // Where a sync's time goes, per kind of kernel state (logged at debug).
+        let mut spent: BTreeMap<&str, (usize, std::time::Duration)> = BTreeMap::new();
         let mut start = 0;
         while start < ops.len() {
             let kind = batch(&ops[start]);
@@ -793,13 +806,24 @@ impl Dataplane for Kernel {
                 .position(|op| batch(op) != kind)
                 .map_or(ops.len(), |n| start + n);
             let run = &ops[start..end];
+            let t = std::time::Instant::now();
             results.extend(match kind {
                 Batch::Address => self.apply_addresses(run),
                 Batch::Ipvs => self.apply_ipvs(run),
                 Batch::Members => self.apply_members(run),
                 Batch::Routes => self.apply_routes(run),
             });
+            let e = spent.entry(kind.name()).or_default();
+            e.0 += run.len();
+            e.1 += t.elapsed();
             start = end;
+        }
+        if log::log_enabled!(log::Level::Debug) && !spent.is_empty() {
+            let parts: Vec<String> = spent
+                .iter()
+                .map(|(k, (n, d))| format!("{k} {n} in {d:?}"))
+                .collect();
+            log::debug!("applied: {}", parts.join(", "));
         }
         results
     }
