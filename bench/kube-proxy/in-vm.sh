@@ -89,7 +89,12 @@ for p in ${BENCH_PROXIES//,/ }; do
 	ip netns exec "$ns" "$bench" measure --name "$p" --dataplane "$dataplane" \
 		--kubeconfig "$K8S_DIR/kubeconfig-vm" --trials "$trials" --trial-base $((i * 1000)) \
 		--idle "$idle" --timeout "${BENCH_CONVERGE_TIMEOUT:-1800}" "${conn[@]}" --self-bin "$bench" --log "$work/$p.log" --out "$out" -- "${cmd[@]}" ||
-		{ echo "bench: $p failed; its log ends:"; tail -n 30 "$work/$p.log"; }
+		{
+			echo "bench: $p failed; its log ends:"
+			grep -v 'FLAG:' "$work/$p.log" | tail -n 30
+			echo "--- the kernel's log ends:"
+			dmesg | tail -n 15
+		}
 	if [[ $p == svc-proxy* ]] && [ "${BENCH_DEBUG:-}" = 1 ]; then
 		echo "--- $p: where the first sync went (its debug log)"
 		grep -E "API: listed|listed [0-9]+|sync \(|applied:|changed Service|rules" "$work/$p.log" | head -n 20

@@ -788,6 +788,7 @@ fn measure(a: &MeasureArgs) -> Result<()> {
         let t0 = Instant::now();
         rt.block_on(slices_api.patch(&slice_name, &PatchParams::default(), &Patch::Merge(&body)))
             .with_context(|| format!("patching EndpointSlice {slice_name}"))?;
+        let mut next_report = Duration::from_secs(60);
         let at = loop {
             let p = Instant::now();
             let seen = probe.seen(&want, name, fresh)?;
@@ -796,10 +797,25 @@ fn measure(a: &MeasureArgs) -> Result<()> {
             if let Some(at) = seen {
                 break at;
             }
+            if polls.0.is_multiple_of(500) {
+                proxy.alive(&a.log)?;
+            }
+            if t0.elapsed() > next_report {
+                eprintln!(
+                    "measure {}: trial {t}: waited {} s; the proxy's syncs so far (count, seconds): {:?}",
+                    a.name,
+                    next_report.as_secs(),
+                    sync_durations(a.metrics)
+                );
+                next_report += Duration::from_secs(60);
+            }
             if t0.elapsed() > Duration::from_secs(900) {
+                let text = fs::read_to_string(&a.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 bail!(
-                    "{}: trial {t}: {fresh} not in the kernel after 900 s",
-                    a.name
+                    "{}: trial {t}: {fresh} not in the kernel after 900 s; the proxy's log ends:\n{}",
+                    a.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -993,10 +1009,7 @@ fn report(files: &[PathBuf]) -> Result<()> {
             print!("| {label} |");
             for r in &rows {
                 match f(r) {
-                    Some(v) => print!(
-                        " {v:.prec$} {unit}{} |",
-                        ratio(Some(v), base.and_then(f))
-                    ),
+                    Some(v) => print!(" {v:.prec$} {unit}{} |", ratio(Some(v), base.and_then(f))),
                     None => print!(" – |"),
                 }
             }
