@@ -690,14 +690,19 @@ impl Drop for Proxy {
     }
 }
 
+/// The last 20 lines of the proxy's log, for an error that says why it stopped.
+fn log_tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 impl Proxy {
     fn alive(&mut self, log: &Path) -> Result<()> {
         if let Some(status) = self.0.try_wait()? {
-            let text = fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
             bail!(
                 "the proxy exited ({status}); its log ends:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                log_tail(log)
             );
         }
         Ok(())
@@ -736,13 +741,11 @@ fn measure(a: &MeasureArgs) -> Result<()> {
             break (started.elapsed().as_secs_f64(), t.elapsed().as_secs_f64());
         }
         if Instant::now() > deadline {
-            let text = fs::read_to_string(&a.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
             bail!(
                 "{}: not converged after {} s; the proxy's log ends:\n{}",
                 a.name,
                 a.timeout,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                log_tail(&a.log)
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -765,12 +768,13 @@ fn measure(a: &MeasureArgs) -> Result<()> {
     let slices_api: Api<EndpointSlice> = Api::namespaced(c.clone(), &a.namespace);
     let mut trials = Vec::new();
     let mut polls = (0u32, Duration::ZERO);
-    if !names.is_empty() && a.trials > 0 {
+    let trial_count = if names.is_empty() { 0 } else { a.trials };
+    if trial_count > 0 {
         // Let a first sync's tail (kube-proxy's resyncs, svc-proxy's first check) pass.
         std::thread::sleep(Duration::from_secs(3));
         probe.prepare()?;
     }
-    for t in 0..if names.is_empty() { 0 } else { a.trials } {
+    for t in 0..trial_count {
         let name = &names[(t * 7919 + 13) % names.len()];
         let (key, slice_name) = want.by_name[name].clone();
         let fresh = SocketAddr::new(
@@ -810,12 +814,10 @@ fn measure(a: &MeasureArgs) -> Result<()> {
                 next_report += Duration::from_secs(60);
             }
             if t0.elapsed() > Duration::from_secs(900) {
-                let text = fs::read_to_string(&a.log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
                 bail!(
                     "{}: trial {t}: {fresh} not in the kernel after 900 s; the proxy's log ends:\n{}",
                     a.name,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    log_tail(&a.log)
                 );
             }
             std::thread::sleep(Duration::from_millis(1));
