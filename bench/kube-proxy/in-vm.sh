@@ -88,7 +88,7 @@ for p in ${BENCH_PROXIES//,/ }; do
 	[ "$p" = svc-proxy-files ] && { conn=(); trials=0; idle=0; }
 	ip netns exec "$ns" "$bench" measure --name "$p" --dataplane "$dataplane" \
 		--kubeconfig "$K8S_DIR/kubeconfig-vm" --trials "$trials" --trial-base $((i * 1000)) \
-		--idle "$idle" --timeout "${BENCH_CONVERGE_TIMEOUT:-1800}" "${conn[@]}" --self-bin "$bench" --log "$work/$p.log" --out "$out" -- "${cmd[@]}" ||
+		--idle "$idle" --timeout "${BENCH_CONVERGE_TIMEOUT:-1800}" --trial-timeout "${BENCH_TRIAL_TIMEOUT:-900}" --trials-within "${BENCH_TRIALS_WITHIN:-0}" "${conn[@]}" --self-bin "$bench" --log "$work/$p.log" --out "$out" -- "${cmd[@]}" ||
 		{
 			echo "bench: $p failed; its log ends:"
 			grep -v 'FLAG:' "$work/$p.log" | tail -n 30

@@ -137,7 +137,11 @@ both_endpoints() {
 	[ "$(N ipvsadm -S -n | grep -c -e "-a -t $vip:80 -r ${pod_ip[web-a]}:8080 -m -w 1" -e "-a -t $vip:80 -r ${pod_ip[web-b]}:8080 -m -w 1")" = 2 ]
 }
 # connections VIP:PORT: IPVS's count of connections the virtual service has scheduled (--stats).
+# The kernel folds its per-CPU counters into this figure in the rate estimator, every 2 s, so a
+# count read right after traffic may not include it yet: see counts_at_least.
 connections() { N ipvsadm -Ln --stats -t "$1" | awk '$1 == "TCP" { print $3 }'; }
+# counts_at_least VIP:PORT N: the scheduled-connection count has reached N.
+counts_at_least() { [ "$(connections "$1")" -ge "$2" ]; }
 # full_syncs N: svc-proxy has done at least N full syncs (the first one and resyncs).
 full_syncs() {
 	N curl -s --max-time 3 http://127.0.0.1:10249/metrics |
@@ -215,7 +219,7 @@ expect "10 new requests through the VIP, round robin" "web-a=5 web-b=5" "$(echo 
 expect "4 requests from outside to the node port (kube-proxy's masquerade rules still in place)" "web-a=2 web-b=2" \
 	"$(requests "$(cluster_ns outside)" 4 "$node_address:30450" | tally)"
 expect "the connection counter counts them" yes \
-	"$(n=$(connections "$vip:80"); [ "$n" -ge $((conns_after + 10)) ] && echo yes || echo "$conns_after -> $n")"
+	"$(wait_every 10 1 counts_at_least "$vip:80" $((conns_after + 10)) && echo yes || echo "$conns_after -> $(connections "$vip:80")")"
 expect "web-a through the VIP, four times: itself twice (hairpin), web-b twice" "web-a=2 web-b=2" "$(requests "$(cluster_ns web-a)" 4 "$vip:80" | tally)"
 
 section "4. remove-kube-proxy-leftovers: a dry run, then the real thing"

@@ -10,7 +10,10 @@
 //! - `measure` (guest, inside the node namespace): lists what the API holds, starts one proxy and
 //!   times it against the kernel — start → every virtual service with its real servers (IPVS) or
 //!   every service in kube-proxy's `service-ips` map (nftables, one atomic transaction per sync);
-//!   one EndpointSlice change → kernel over T trials; CPU over an idle window; peak RSS; new
+//!   start → the proxy reports its first sync over (kube-proxy's IPVS mode has its virtual
+//!   services in the kernel long before: its ipsets, one process per entry, come after); then,
+//!   against a proxy done with its first sync, one EndpointSlice change → kernel over T trials
+//!   (or as many as fit in a time budget); CPU over an idle window; peak RSS; new
 //!   connections per second through one ClusterIP from a client namespace; writes one JSON record;
 //! - `serve` / `connect`: the connection benchmark's server and client;
 //! - `report`: the records side by side, ratios against kube-proxy's IPVS mode, and the last line
@@ -24,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -80,7 +83,7 @@ enum Cmd {
         out: PathBuf,
     },
     /// Starts the proxy command after `--` and measures it; appends one JSON record to --out.
-    Measure(MeasureArgs),
+    Measure(Box<MeasureArgs>),
     /// Accepts connections, answers each with one line and closes it.
     Serve {
         #[arg(long)]
@@ -136,9 +139,16 @@ struct MeasureArgs {
     /// The proxy's metrics address (kubeproxy_* families: both proxies serve them).
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics: SocketAddr,
-    /// Give up converging after this many seconds.
+    /// Give up converging (and waiting for the first sync to end) after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout: u64,
+    /// Give up one trial after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    trial_timeout: u64,
+    /// Start no trial after this many seconds of trials (0: no limit): for a proxy whose one
+    /// change takes minutes, fewer trials rather than none; the report says how many ran.
+    #[arg(long, default_value_t = 0)]
+    trials_within: u64,
     /// The proxy's output.
     #[arg(long)]
     log: PathBuf,
@@ -159,6 +169,9 @@ struct Record {
     first_sync: f64,
     /// How long the convergence check that saw everything took (the figure's resolution).
     check: f64,
+    /// Start → the proxy reports its first sync over (kubeproxy_sync_proxy_rules_last_timestamp_seconds).
+    #[serde(default)]
+    first_complete: Option<f64>,
     /// Peak RSS right after convergence, KiB.
     rss_converged: u64,
     /// One change → kernel, milliseconds.
@@ -446,6 +459,8 @@ trait Probe {
         name: &str,
         endpoint: SocketAddr,
     ) -> Result<Option<Instant>>;
+    /// For a trial that waits long: what the kernel holds for `service` now, read the slow way.
+    fn describe(&mut self, want: &Expected, name: &str, endpoint: SocketAddr) -> String;
 }
 
 struct IpvsProbe(Ipvs);
@@ -485,6 +500,19 @@ impl Probe for IpvsProbe {
             .any(|d| d.weight > 0 && SocketAddr::new(d.addr, d.port) == endpoint);
         Ok(there.then(Instant::now))
     }
+
+    fn describe(&mut self, want: &Expected, name: &str, _endpoint: SocketAddr) -> String {
+        let key = want.by_name[name].0;
+        match self.0.destinations(&key) {
+            Ok(d) => format!(
+                "the kernel's real servers of {name}: {:?}",
+                d.iter()
+                    .map(|d| format!("{}:{} w{}", d.addr, d.port, d.weight))
+                    .collect::<Vec<_>>()
+            ),
+            Err(e) => format!("reading {name}'s real servers: {e:#}"),
+        }
+    }
 }
 
 /// kube-proxy's nftables mode: table `ip kube-proxy`, map `service-ips` (ClusterIP . proto .
@@ -500,6 +528,9 @@ struct NftProbe {
     /// Lines before this one have been looked at (a trial's address is new, so an earlier line
     /// never names it).
     scanned: usize,
+    /// The monitor never went live: the trials list the service's chain instead (resolution:
+    /// one listing, the record's `poll`).
+    listing: bool,
 }
 
 impl Drop for NftProbe {
@@ -524,6 +555,32 @@ fn nft(args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The table the nftables probe adds and deletes to see its monitor live.
+const SENTINEL: &str = "kube-bench-sentinel";
+
+/// `nft -f -` with SCRIPT: one transaction.
+fn nft_batch(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft -f -")?;
+    child
+        .stdin
+        .take()
+        .context("nft's stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft -f - ({script:?}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// `10.96.0.10 . tcp . 80 : goto service-XXXXXXXX-ns/name/tcp/http` elements of a map listing.
@@ -578,8 +635,45 @@ impl Probe for NftProbe {
             }
         });
         self.monitor = Some(child);
-        // nft monitor has subscribed once it has started; give it that moment.
-        std::thread::sleep(Duration::from_secs(2));
+        // nft monitor loads its cache of the whole ruleset before it prints anything (minutes
+        // with kube-proxy's 10,000-Service table under emulation): it is live once it prints
+        // a rule of a table of our own, added and deleted again.
+        let started = Instant::now();
+        loop {
+            nft_batch(&format!(
+                "add table ip {SENTINEL}\nadd chain ip {SENTINEL} c\nadd rule ip {SENTINEL} c counter\ndelete table ip {SENTINEL}\n"
+            ))?;
+            std::thread::sleep(Duration::from_secs(2));
+            let live = self
+                .lines
+                .lock()
+                .map_err(|_| anyhow::anyhow!("monitor lock"))?
+                .iter()
+                .any(|(_, l)| l.contains(SENTINEL));
+            if live {
+                break;
+            }
+            if let Some(Ok(Some(status))) = self.monitor.as_mut().map(|m| m.try_wait()) {
+                bail!("nft monitor exited ({status}) before it printed anything");
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                // Seen with kube-proxy's 10,000-Service table: the monitor runs and prints
+                // nothing at all, while `nft list` answers.
+                eprintln!(
+                    "measure: nft monitor printed nothing in 120 s; the trials list the service's chain instead"
+                );
+                if let Some(mut m) = self.monitor.take() {
+                    let _ = m.kill();
+                    let _ = m.wait();
+                }
+                self.listing = true;
+                return Ok(());
+            }
+        }
+        eprintln!(
+            "measure: nft monitor live after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 
@@ -599,6 +693,11 @@ impl Probe for NftProbe {
         // `dnat to 10.250.0.2:8080` for a single endpoint.
         let (ip, port) = (endpoint.ip(), endpoint.port());
         let (many, one) = (format!(": {ip} . {port}"), format!("dnat to {endpoint}"));
+        if self.listing {
+            // Stamped when the listing that shows it returns: late by up to one listing.
+            let text = nft(&["list", "chain", "ip", "kube-proxy", &chain])?;
+            return Ok((text.contains(&many) || text.contains(&one)).then(Instant::now));
+        }
         let lines = self
             .lines
             .lock()
@@ -613,6 +712,40 @@ impl Probe for NftProbe {
                     && (l.contains(&many) || l.contains(&one))
             })
             .map(|(t, _)| *t))
+    }
+
+    fn describe(&mut self, want: &Expected, name: &str, endpoint: SocketAddr) -> String {
+        let key = want.by_name[name].0;
+        let monitor = match self.monitor.as_mut().map(|m| m.try_wait()) {
+            Some(Ok(None)) => "running".to_string(),
+            Some(Ok(Some(status))) => format!("exited ({status})"),
+            Some(Err(e)) => format!("unknown ({e})"),
+            None => "not started".to_string(),
+        };
+        let (count, last) = self.lines.lock().map_or((0, String::new()), |l| {
+            (
+                l.len(),
+                l.last().map(|(_, s)| s.clone()).unwrap_or_default(),
+            )
+        });
+        let ip = endpoint.ip().to_string();
+        let ruleset = match nft(&["list", "table", "ip", "kube-proxy"]) {
+            Ok(text) => {
+                let mentions: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains(&ip))
+                    .map(str::trim)
+                    .take(4)
+                    .collect();
+                format!(
+                    "the table names {ip} in {} line(s) {mentions:?}; service chain {:?}",
+                    mentions.len(),
+                    self.chains.get(&key)
+                )
+            }
+            Err(e) => format!("listing the table: {e:#}"),
+        };
+        format!("nft monitor {monitor}, {count} lines (last {last:?}); {ruleset}")
     }
 }
 
@@ -641,36 +774,97 @@ fn peak_rss(pid: u32) -> Result<u64> {
         .context("no VmHWM in /proc/PID/status")
 }
 
-/// The sum and count of kubeproxy_sync_proxy_rules_duration_seconds, over every family.
-fn sync_durations(metrics: SocketAddr) -> Option<(f64, f64)> {
-    let mut s = TcpStream::connect_timeout(&metrics, Duration::from_secs(3)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let (mut count, mut sum, mut seen) = (0.0, 0.0, false);
-    for l in body.lines() {
-        let Some((name, value)) = l.rsplit_once(' ') else {
-            continue;
-        };
-        let name = name.split('{').next().unwrap_or(name);
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        match name {
-            "kubeproxy_sync_proxy_rules_duration_seconds_count" => {
-                count += v;
-                seen = true;
+/// The proxy's /metrics samples: (name, labels, value).
+struct Metrics(Vec<(String, String, f64)>);
+
+impl Metrics {
+    fn scrape(at: SocketAddr) -> Option<Metrics> {
+        let mut s = TcpStream::connect_timeout(&at, Duration::from_secs(3)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.0\r\nHost: {at}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        let mut samples = Vec::new();
+        for l in body.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = l.rsplit_once(' ') else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            if let Ok(v) = value.parse::<f64>() {
+                samples.push((name.to_string(), labels.to_string(), v));
             }
-            "kubeproxy_sync_proxy_rules_duration_seconds_sum" => sum += v,
-            _ => {}
         }
+        Some(Metrics(samples))
     }
-    seen.then_some((count, sum))
+
+    /// The values of NAME whose labels contain LABEL ("" for all).
+    fn values<'a>(&'a self, name: &'a str, label: &'a str) -> impl Iterator<Item = f64> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, l, _)| n == name && l.contains(label))
+            .map(|(_, _, v)| *v)
+    }
+
+    /// NAME summed over its label sets (kube-proxy and svc-proxy label the sync metrics by IP
+    /// family), if the proxy exports it.
+    fn sum(&self, name: &str) -> Option<f64> {
+        self.values(name, "").reduce(|a, b| a + b)
+    }
+}
+
+/// The count and sum of kubeproxy_sync_proxy_rules_duration_seconds, over every family.
+fn sync_durations(metrics: SocketAddr) -> Option<(f64, f64)> {
+    let m = Metrics::scrape(metrics)?;
+    let count = m.sum("kubeproxy_sync_proxy_rules_duration_seconds_count")?;
+    let sum = m
+        .sum("kubeproxy_sync_proxy_rules_duration_seconds_sum")
+        .unwrap_or(0.0);
+    Some((count, sum))
+}
+
+/// The proxy says it has finished a sync of its IPv4 rules (kube-proxy sets
+/// kubeproxy_sync_proxy_rules_last_timestamp_seconds at the end of a successful sync; kube-proxy's
+/// IPVS mode puts virtual services in the kernel well before its sync ends: the ipsets, one
+/// `ipset add` process per entry, and the iptables rules come after).
+fn sync_complete(metrics: SocketAddr) -> bool {
+    Metrics::scrape(metrics).is_some_and(|m| {
+        m.values("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "IPv4")
+            .any(|v| v > 0.0)
+    })
+}
+
+/// What a trial that waits long reports: has the proxy seen the change, is it syncing, how
+/// busy is it (kube-proxy's own sync metrics, svc-proxy exports the same names).
+fn progress(metrics: SocketAddr) -> String {
+    let Some(m) = Metrics::scrape(metrics) else {
+        return "metrics unreachable".into();
+    };
+    let get = |k: &str| m.sum(k).map_or("-".to_string(), |v| format!("{v:.0}"));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    // A timestamp per family: the newest one.
+    let age = |k: &str| {
+        m.values(k, "")
+            .filter(|v| *v > 0.0)
+            .reduce(f64::max)
+            .map_or("-".to_string(), |v| format!("{:.0} s ago", now - v))
+    };
+    format!(
+        "syncs {} ({} s in them), endpoint changes seen {} (pending {}), service changes pending {}, \
+         last sync {}, last queued {}",
+        get("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+        get("kubeproxy_sync_proxy_rules_duration_seconds_sum"),
+        get("kubeproxy_sync_proxy_rules_endpoint_changes_total"),
+        get("kubeproxy_sync_proxy_rules_endpoint_changes_pending"),
+        get("kubeproxy_sync_proxy_rules_service_changes_pending"),
+        age("kubeproxy_sync_proxy_rules_last_timestamp_seconds"),
+        age("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"),
+    )
 }
 
 struct Proxy(Child);
@@ -756,6 +950,37 @@ fn measure(a: &MeasureArgs) -> Result<()> {
         a.name,
         rss_converged / 1024
     );
+    // The kernel can hold every virtual service before the proxy's sync is over (see
+    // sync_complete); the trials time a change against a proxy that has finished its first sync.
+    let mut next_report = started.elapsed() + Duration::from_secs(60);
+    let first_complete = loop {
+        proxy.alive(&a.log)?;
+        if sync_complete(a.metrics) {
+            break started.elapsed().as_secs_f64();
+        }
+        if started.elapsed() > next_report {
+            eprintln!(
+                "measure {}: {} s after start, first sync not over: {}",
+                a.name,
+                next_report.as_secs(),
+                progress(a.metrics)
+            );
+            next_report += Duration::from_secs(60);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{}: converged in the kernel, but its first sync not over after {} s: {}",
+                a.name,
+                a.timeout,
+                progress(a.metrics)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "measure {}: first sync over (self-reported) after {first_complete:.2} s",
+        a.name
+    );
 
     // One change at a time: endpoint 0 of a Service replaced by a fresh address; timed from
     // just before the PATCH to the kernel sending to the new address.
@@ -774,7 +999,15 @@ fn measure(a: &MeasureArgs) -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
         probe.prepare()?;
     }
+    let trials_started = Instant::now();
     for t in 0..trial_count {
+        if a.trials_within > 0 && trials_started.elapsed() > Duration::from_secs(a.trials_within) {
+            eprintln!(
+                "measure {}: {t} of {trial_count} trials within {} s; no more",
+                a.name, a.trials_within
+            );
+            break;
+        }
         let name = &names[(t * 7919 + 13) % names.len()];
         let (key, slice_name) = want.by_name[name].clone();
         let fresh = SocketAddr::new(
@@ -789,6 +1022,7 @@ fn measure(a: &MeasureArgs) -> Result<()> {
             "endpoints": eps.iter().map(|e| endpoint(e.ip())).collect::<Vec<_>>()
         });
         proxy.alive(&a.log)?;
+        let cpu_at_patch = cpu_seconds(pid)?;
         let t0 = Instant::now();
         rt.block_on(slices_api.patch(&slice_name, &PatchParams::default(), &Patch::Merge(&body)))
             .with_context(|| format!("patching EndpointSlice {slice_name}"))?;
@@ -806,17 +1040,24 @@ fn measure(a: &MeasureArgs) -> Result<()> {
             }
             if t0.elapsed() > next_report {
                 eprintln!(
-                    "measure {}: trial {t}: waited {} s; the proxy's syncs so far (count, seconds): {:?}",
+                    "measure {}: trial {t}: waited {} s; the proxy used {:.1} CPU-s meanwhile; {}",
                     a.name,
                     next_report.as_secs(),
-                    sync_durations(a.metrics)
+                    cpu_seconds(pid)? - cpu_at_patch,
+                    progress(a.metrics)
+                );
+                eprintln!(
+                    "measure {}: trial {t}: {}",
+                    a.name,
+                    probe.describe(&want, name, fresh)
                 );
                 next_report += Duration::from_secs(60);
             }
-            if t0.elapsed() > Duration::from_secs(900) {
+            if t0.elapsed() > Duration::from_secs(a.trial_timeout) {
                 bail!(
-                    "{}: trial {t}: {fresh} not in the kernel after 900 s; the proxy's log ends:\n{}",
+                    "{}: trial {t}: {fresh} not in the kernel after {} s; the proxy's log ends:\n{}",
                     a.name,
+                    a.trial_timeout,
                     log_tail(&a.log)
                 );
             }
@@ -886,6 +1127,7 @@ fn measure(a: &MeasureArgs) -> Result<()> {
         services: n,
         first_sync,
         check,
+        first_complete: Some(first_complete),
         rss_converged,
         poll: if polls.0 > 0 {
             polls.1.as_secs_f64() * 1000.0 / polls.0 as f64
@@ -1011,6 +1253,8 @@ fn report(files: &[PathBuf]) -> Result<()> {
             print!("| {label} |");
             for r in &rows {
                 match f(r) {
+                    // A count of trials is no figure to compare.
+                    Some(v) if unit == "trials" => print!(" {v:.prec$} {unit} |"),
                     Some(v) => print!(" {v:.prec$} {unit}{} |", ratio(Some(v), base.and_then(f))),
                     None => print!(" – |"),
                 }
@@ -1019,6 +1263,18 @@ fn report(files: &[PathBuf]) -> Result<()> {
         };
         line("start → converged", &|r| Some(r.first_sync), "s", 2);
         line("(its last check took)", &|r| Some(r.check), "s", 2);
+        line(
+            "start → first sync over (self-reported)",
+            &|r| r.first_complete,
+            "s",
+            2,
+        );
+        line(
+            "one change: trials",
+            &|r| (!r.trials.is_empty()).then_some(r.trials.len() as f64),
+            "trials",
+            0,
+        );
         line(
             "one change → kernel, median",
             &|r| (!r.trials.is_empty()).then(|| percentile(&r.trials, 50.0)),
