@@ -788,6 +788,11 @@ impl Metrics {
         .ok()?;
         let mut body = String::new();
         s.read_to_string(&mut body).ok()?;
+        Some(Metrics::parse(&body))
+    }
+
+    /// The samples of a Prometheus text exposition (an HTTP response's headers are no samples).
+    fn parse(body: &str) -> Metrics {
         let mut samples = Vec::new();
         for l in body.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = l.rsplit_once(' ') else {
@@ -798,7 +803,7 @@ impl Metrics {
                 samples.push((name.to_string(), labels.to_string(), v));
             }
         }
-        Some(Metrics(samples))
+        Metrics(samples)
     }
 
     /// The values of NAME whose labels contain LABEL ("" for all).
@@ -1351,6 +1356,35 @@ fn report(files: &[PathBuf]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_sync_metrics_per_family() {
+        let body = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n\
+            # HELP kubeproxy_sync_proxy_rules_duration_seconds x\n\
+            kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 3\n\
+            kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 2\n\
+            kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 0\n\
+            kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} 1.7e9\n\
+            kubeproxy_sync_proxy_rules_endpoint_changes_total 10002\n";
+        let m = Metrics::parse(body);
+        assert_eq!(
+            m.sum("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+            Some(5.0)
+        );
+        assert_eq!(
+            m.sum("kubeproxy_sync_proxy_rules_endpoint_changes_total"),
+            Some(10002.0)
+        );
+        assert_eq!(
+            m.sum("kubeproxy_sync_proxy_rules_duration_seconds_sum"),
+            None
+        );
+        // IPv6 synced, IPv4 not yet: no first sync of the IPv4 rules.
+        let ipv4: Vec<f64> = m
+            .values("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "IPv4")
+            .collect();
+        assert_eq!(ipv4, [0.0]);
+    }
 
     #[test]
     fn parses_kube_proxys_service_map() {
