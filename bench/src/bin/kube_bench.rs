@@ -543,18 +543,7 @@ impl Drop for NftProbe {
 }
 
 fn nft(args: &[&str]) -> Result<String> {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .context("running nft")?;
-    if !out.status.success() {
-        bail!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    node_bench::run("nft", args)
 }
 
 /// The table the nftables probe adds and deletes to see its monitor live.

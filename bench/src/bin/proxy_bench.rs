@@ -80,18 +80,7 @@ fn key(i: usize) -> ServiceKey {
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    node_bench::run(cmd, args).map(drop)
 }
 
 /// Moves the benchmark into a fresh network namespace (with the routable pod range) and returns

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use node_bench::run as sh;
 use nodenet::ipvs::Ipvs;
 
 const ENDPOINTS: usize = 5;
@@ -65,21 +66,6 @@ fn vip(i: usize) -> Ipv4Addr {
 
 fn pod(i: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 2)) + (i * ENDPOINTS + j) as u32)
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Moves into a fresh network namespace with a node address and the routable pod range.
