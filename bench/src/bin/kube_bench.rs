@@ -533,12 +533,18 @@ struct NftProbe {
     listing: bool,
 }
 
-impl Drop for NftProbe {
-    fn drop(&mut self) {
+impl NftProbe {
+    fn stop_monitor(&mut self) {
         if let Some(mut m) = self.monitor.take() {
             let _ = m.kill();
             let _ = m.wait();
         }
+    }
+}
+
+impl Drop for NftProbe {
+    fn drop(&mut self) {
+        self.stop_monitor();
     }
 }
 
@@ -551,25 +557,7 @@ const SENTINEL: &str = "kube-bench-sentinel";
 
 /// `nft -f -` with SCRIPT: one transaction.
 fn nft_batch(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft -f -")?;
-    child
-        .stdin
-        .take()
-        .context("nft's stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft -f - ({script:?}): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    node_bench::run_with_input("nft", &["-f", "-"], script).map(drop)
 }
 
 /// `10.96.0.10 . tcp . 80 : goto service-XXXXXXXX-ns/name/tcp/http` elements of a map listing.
@@ -651,10 +639,7 @@ impl Probe for NftProbe {
                 eprintln!(
                     "measure: nft monitor printed nothing in 120 s; the trials list the service's chain instead"
                 );
-                if let Some(mut m) = self.monitor.take() {
-                    let _ = m.kill();
-                    let _ = m.wait();
-                }
+                self.stop_monitor();
                 self.listing = true;
                 return Ok(());
             }
@@ -1243,17 +1228,26 @@ fn report(files: &[PathBuf]) -> Result<()> {
             (Some(v), Some(b)) if b > 0.0 => format!(" ({:.2}x)", v / b),
             _ => String::new(),
         };
-        let line = |label: &str, f: &dyn Fn(&Record) -> Option<f64>, unit: &str, prec: usize| {
+        // A row of figures; `compare`: with the ratio to kube-proxy's IPVS mode.
+        let row = |label: &str,
+                   f: &dyn Fn(&Record) -> Option<f64>,
+                   unit: &str,
+                   prec: usize,
+                   compare: bool| {
             print!("| {label} |");
             for r in &rows {
                 match f(r) {
-                    // A count of trials is no figure to compare.
-                    Some(v) if unit == "trials" => print!(" {v:.prec$} {unit} |"),
-                    Some(v) => print!(" {v:.prec$} {unit}{} |", ratio(Some(v), base.and_then(f))),
+                    Some(v) if compare => {
+                        print!(" {v:.prec$} {unit}{} |", ratio(Some(v), base.and_then(f)))
+                    }
+                    Some(v) => print!(" {v:.prec$} {unit} |"),
                     None => print!(" – |"),
                 }
             }
             println!();
+        };
+        let line = |label: &str, f: &dyn Fn(&Record) -> Option<f64>, unit: &str, prec: usize| {
+            row(label, f, unit, prec, true)
         };
         line("start → converged", &|r| Some(r.first_sync), "s", 2);
         line("(its last check took)", &|r| Some(r.check), "s", 2);
@@ -1263,11 +1257,12 @@ fn report(files: &[PathBuf]) -> Result<()> {
             "s",
             2,
         );
-        line(
+        row(
             "one change: trials",
             &|r| (!r.trials.is_empty()).then_some(r.trials.len() as f64),
             "trials",
             0,
+            false,
         );
         line(
             "one change → kernel, median",
